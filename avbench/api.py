@@ -1,0 +1,187 @@
+"""The one interface between the harness and a fusion strategy.
+
+A strategy owns its model and its loss; the harness owns data, the loop, evaluation, metrics and
+logging. Keeping the contract this small is what lets a new strategy be one file in a user's package,
+registered through the ``avbench.strategies`` entry-point group exactly as the built-ins are.
+
+Conventions every strategy can rely on:
+
+* ``audio`` is ``[B, T, Da]`` and ``video`` is ``[B, T, Dv]`` float tensors, already L2-normalised per
+  step, time-rolled and mixed up by the harness recipe when those switches are on.
+* ``None`` for a modality means "not given": audio-only evaluation calls ``predict(audio, None)``;
+  the cross-modal protocol trains with one modality set to ``None``.
+* ``targets`` are soft ``[B, C]`` float targets (label smoothing and mixup already applied);
+  ``labels`` are the original 0/1 multi-hot labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What the cache provides: per-step feature widths and the number of steps T."""
+
+    audio_dim: int
+    video_dim: int
+    num_steps: int
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What is predicted: C classes, single-label (softmax) or multilabel (sigmoid)."""
+
+    num_classes: int
+    multilabel: bool = False
+    class_names: tuple[str, ...] = ()
+
+
+@dataclass
+class Batch:
+    """A training or evaluation batch gathered from the cache (see module docstring for conventions)."""
+
+    audio: Tensor | None
+    video: Tensor | None
+    targets: Tensor
+    labels: Tensor
+    present: Tensor | None = None  # [B, 2] bool: audio present, video present
+    onsets: Tensor | None = None  # [B, T] bool: audio onsets per feature step
+    index: Tensor | None = None  # [B] row indices into the split
+
+    @property
+    def size(self) -> int:
+        return int(self.targets.shape[0])
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return Batch(**{f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+    def replace(self, **changes: Any) -> "Batch":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a strategy can be evaluated on. The harness skips the rest and reports the stated reason.
+
+    ``reasons`` maps a capability name that is False to the sentence shown to the user.
+    """
+
+    audio_only: bool = True
+    video_only: bool = True
+    fusion: bool = True
+    embeddings: bool = False  # per-layer representations through ``embed``
+    attention: bool = False  # attention maps through ``attention_maps``
+    cross_modal: bool = False  # train on one modality, test on the other
+    heads: bool = False  # named per-head logits through ``head_logits``
+    reasons: Mapping[str, str] = field(default_factory=dict)
+
+    def why_not(self, capability: str) -> str:
+        if getattr(self, capability):
+            return ""
+        return self.reasons.get(capability, f"the strategy does not declare '{capability}' support")
+
+
+@dataclass
+class NoConfig:
+    """Config for strategies with nothing to configure."""
+
+
+class Strategy(nn.Module):
+    """Base class of every fusion strategy.
+
+    Subclasses set ``name``, ``Config`` (a dataclass whose every field is settable with
+    ``--set key=value``) and ``capabilities``, and implement ``training_step`` and ``predict``.
+    Multi-stage strategies list their ``stages``; the engine calls ``begin_stage`` before each and
+    builds a fresh optimizer over the parameters that still require gradients.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = NoConfig
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    stages: ClassVar[tuple[str, ...]] = ("train",)
+
+    def __init__(self, cfg: Any, features: FeatureSpec, task: TaskSpec):
+        super().__init__()
+        self.cfg = cfg
+        self.features = features
+        self.task = task
+        self.stage = self.stages[0]
+        # Cross-modal protocol: the modality training may use ("audio"/"video"), or None for both.
+        self.train_modality: str | None = None
+
+    # --- checks -------------------------------------------------------------------------------
+    @classmethod
+    def check_compatible(cls, cfg: Any, features: FeatureSpec, task: TaskSpec) -> None:
+        """Raise ``avbench.errors.UserError`` naming the problem when the cache cannot feed this model."""
+
+    # --- training -----------------------------------------------------------------------------
+    def training_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
+        """Return ``{"loss": scalar, ...}``; extra scalar entries are logged as training diagnostics."""
+        raise NotImplementedError
+
+    def begin_stage(self, stage: str) -> None:
+        """Prepare for a training stage (freeze an encoder, add a head). Default: remember the name."""
+        self.stage = stage
+
+    def stage_epochs(self, stage: str, epochs: int) -> int:
+        """Epochs for a stage; ``epochs`` is the recipe's. Override for pretraining stages."""
+        return epochs
+
+    def stage_uses_labels(self, stage: str) -> bool:
+        """False for unsupervised stages: the harness then skips per-epoch evaluation in that stage."""
+        return True
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Hook for non-gradient updates (EMA codebooks, code resets)."""
+
+    def epoch_diagnostics(self) -> dict[str, float]:
+        """Scalars logged at the end of every epoch (codebook perplexity, fallback counts, ...)."""
+        return {}
+
+    # --- inference ----------------------------------------------------------------------------
+    def predict(self, audio: Tensor | None, video: Tensor | None) -> Tensor:
+        """Logits ``[B, C]`` from whichever modalities are given."""
+        raise NotImplementedError
+
+    def head_logits(self, audio: Tensor | None, video: Tensor | None) -> dict[str, Tensor]:
+        """Named per-head logits for analyses (``capabilities.heads``)."""
+        raise NotImplementedError(f"{self.name} has no named heads")
+
+    def embed(self, audio: Tensor | None, video: Tensor | None) -> dict[str, Tensor]:
+        """Per-layer representations ``{layer_name: [B, T, D]}`` in layer order (``capabilities.embeddings``)."""
+        raise NotImplementedError(f"{self.name} exposes no per-layer representations")
+
+    def attention_maps(self, audio: Tensor | None, video: Tensor | None) -> dict[str, Tensor]:
+        """Per-layer attention probabilities ``{layer_name: [B, heads, Tq, Tk]}`` (``capabilities.attention``)."""
+        raise NotImplementedError(f"{self.name} exposes no attention maps")
+
+    # --- bookkeeping --------------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.cfg) if dataclasses.is_dataclass(self.cfg) else {}
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def loss_fn(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return classification_loss(logits, targets, self.task.multilabel)
+
+
+def classification_loss(logits: Tensor, targets: Tensor, multilabel: bool) -> Tensor:
+    """Soft-target cross-entropy for single-label tasks, BCE for multilabel (the UAVM recipe)."""
+    logits = logits.float()
+    if multilabel:
+        return F.binary_cross_entropy_with_logits(logits, targets.float())
+    return torch.sum(-targets.float() * F.log_softmax(logits, dim=-1), dim=-1).mean()

@@ -1,0 +1,1 @@
+"""One module per ``avbench`` subcommand; each exposes ``add_parser(subparsers)``."""

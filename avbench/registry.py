@@ -1,0 +1,102 @@
+"""Strategy and dataset registries built on entry points, resolved lazily.
+
+Built-ins and third-party plugins register the same way (the ``avbench.strategies`` and
+``avbench.datasets`` entry-point groups), so the harness never imports a strategy by name. Listing
+reads only entry-point metadata; a plugin is imported when it is requested, and a plugin that fails
+to import fails then, with its package named. ``package.module:Class`` works without registering.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata as md
+from dataclasses import dataclass
+from typing import Any
+
+from avbench.errors import PluginImportError, UserError
+
+STRATEGY_GROUP = "avbench.strategies"
+DATASET_GROUP = "avbench.datasets"
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    target: str  # "module:attr"
+    origin: str  # the distribution that registered it, e.g. "avbench 0.1.0"
+
+
+class Registry:
+    def __init__(self, group: str, kind: str):
+        self.group = group
+        self.kind = kind
+
+    def entries(self) -> dict[str, Entry]:
+        out: dict[str, Entry] = {}
+        for ep in md.entry_points(group=self.group):
+            dist = getattr(ep, "dist", None)
+            origin = f"{dist.metadata['Name']} {dist.version}" if dist is not None else "unknown"
+            out.setdefault(ep.name, Entry(ep.name, ep.value, origin))
+        return dict(sorted(out.items()))
+
+    def names(self) -> list[str]:
+        return list(self.entries())
+
+    def load(self, name: str) -> Any:
+        """The class for ``name`` (a registered name or ``package.module:Class``)."""
+        if ":" in name:
+            return _import_target(name, origin=f"module path {name}")
+        entries = self.entries()
+        if name not in entries:
+            close = difflib.get_close_matches(name, list(entries), n=3, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            known = f" (known: {', '.join(entries) or 'none'})" if not close else ""
+            raise UserError(f"unknown {self.kind} '{name}'{hint}{known}")
+        e = entries[name]
+        return _import_target(e.target, origin=f"package {e.origin}")
+
+    def origin(self, name: str) -> str:
+        if ":" in name:
+            return name
+        e = self.entries().get(name)
+        return f"{e.origin} ({e.target})" if e else "unknown"
+
+
+def _import_target(target: str, origin: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise UserError(f"'{target}' is not of the form package.module:Class")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # a broken plugin must only break itself
+        raise PluginImportError(f"cannot import {module_name} from {origin}: {type(e).__name__}: {e}") from e
+    try:
+        obj = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        raise PluginImportError(f"{module_name} has no attribute '{attr}' ({origin})") from None
+    return obj
+
+
+strategies = Registry(STRATEGY_GROUP, "strategy")
+datasets = Registry(DATASET_GROUP, "dataset")
+
+
+def load_strategy(name: str) -> type:
+    from avbench.api import Strategy
+
+    cls = strategies.load(name)
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise UserError(f"'{name}' is not an avbench.api.Strategy subclass")
+    return cls
+
+
+def load_dataset(name: str) -> Any:
+    from avbench.datasets.base import DatasetCard
+
+    cls = datasets.load(name)
+    if not (isinstance(cls, type) and issubclass(cls, DatasetCard)):
+        raise UserError(f"'{name}' is not an avbench.datasets.base.DatasetCard subclass")
+    return cls()
