@@ -135,8 +135,8 @@ class DeviceSplit:
         self.name = split.name
         self.device = torch.device(device)
         self.ids = split.ids
-        self.audio = torch.from_numpy(np.ascontiguousarray(split.audio)).to(self.device)
-        self.video = torch.from_numpy(np.ascontiguousarray(split.video)).to(self.device)
+        self.audio = torch.from_numpy(np.array(split.audio)).to(self.device)
+        self.video = torch.from_numpy(np.array(split.video)).to(self.device)
         self.labels = torch.from_numpy(split.labels).to(self.device)
         self.present = torch.from_numpy(split.present).to(self.device)
         self.onsets = None if split.onsets is None else torch.from_numpy(split.onsets).to(self.device)

@@ -1,0 +1,39 @@
+"""Epoch-end checkpoints so an interrupted run resumes where it stopped (``avbench run --resume``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from avbench.api import Strategy
+from avbench.errors import UserError
+
+
+def save_checkpoint(path: Path, strategy: Strategy, optimizer: torch.optim.Optimizer, global_epoch: int,
+                    global_step: int, history: list[dict[str, Any]]) -> None:
+    """Write atomically: a crash while saving leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"strategy": strategy.state_dict(), "optimizer": optimizer.state_dict(),
+                "stage": strategy.stage, "global_epoch": global_epoch, "global_step": global_step,
+                "history": history, "name": strategy.name, "config": strategy.config_dict()}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, strategy: Strategy) -> dict[str, Any]:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("name") != strategy.name or state.get("config") != strategy.config_dict():
+        raise UserError(f"{path}: checkpoint is for {state.get('name')} with another configuration; "
+                        f"remove it or run without --resume")
+    # Restore the stage first so stage-dependent modules (frozen encoders, heads) match the saved state.
+    if state["stage"] in strategy.stages:
+        for stage in strategy.stages[: strategy.stages.index(state["stage"]) + 1]:
+            strategy.begin_stage(stage)
+    try:
+        strategy.load_state_dict(state["strategy"])
+    except RuntimeError as e:
+        raise UserError(f"{path}: checkpoint does not fit this model ({str(e).splitlines()[0]})") from None
+    return state
