@@ -7,6 +7,7 @@ so a bad command leaves no half-made runs behind. ``avbench sweep`` calls ``run`
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import tempfile
@@ -92,8 +93,10 @@ def split_overrides(overrides: dict[str, str], strategy_fields: set[str], recipe
             raise UserError(f"--set {key} is ambiguous ({' and '.join(homes)} both define it); "
                             f"write {' or '.join(f'{h}.{key}' for h in homes)}")
         if not homes:
-            every = set(strategy_fields) | set(recipe_fields) | {f"data.{k}" for k in knob_fields}
-            raise UserError(cfgmod.unknown_key_message(key, every, "this strategy, recipe or dataset"))
+            shown = {k: k for k in (*strategy_fields, *recipe_fields)} | {k: f"data.{k}" for k in knob_fields}
+            close = difflib.get_close_matches(key, list(shown), n=1)
+            hint = f"; did you mean '{shown[close[0]]}'?" if close else f"; known keys: {', '.join(sorted(shown.values()))}"
+            raise UserError(f"--set {key}: unknown key for this strategy, recipe or dataset{hint}")
         targets[homes[0]][0][key] = value
     return s, r, d
 

@@ -17,7 +17,7 @@ def save_checkpoint(path: Path, strategy: Strategy, optimizer: torch.optim.Optim
     """Write atomically: a crash while saving leaves the previous checkpoint intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"strategy": strategy.state_dict(), "optimizer": optimizer.state_dict(),
+    torch.save({"strategy": strategy.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
                 "stage": strategy.stage, "global_epoch": global_epoch, "global_step": global_step,
                 "history": history, "name": strategy.name, "config": strategy.config_dict()}, tmp)
     os.replace(tmp, path)
@@ -37,3 +37,27 @@ def load_checkpoint(path: Path, strategy: Strategy) -> dict[str, Any]:
     except RuntimeError as e:
         raise UserError(f"{path}: checkpoint does not fit this model ({str(e).splitlines()[0]})") from None
     return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Global RNG states: strategies may draw from torch's RNG (UAVM's modality choice does)."""
+    import random
+
+    import numpy as np
+
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

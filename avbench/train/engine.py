@@ -22,7 +22,7 @@ from avbench.errors import UserError
 from avbench.metrics.classification import classification_metrics
 from avbench.metrics.retrieval import retrieval_metrics, stratified_subset
 from avbench.train import augment, sampling
-from avbench.train.checkpoint import load_checkpoint, save_checkpoint
+from avbench.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from avbench.train.data import BatchSource
 from avbench.train.recipe import Recipe
 
@@ -112,6 +112,8 @@ class Engine:
         self.train_src = BatchSource(self.train_split, self.device, recipe.device_resident)
         self.test_src = BatchSource(self.test_split, self.device, recipe.device_resident)
         self.weights = sampling.balanced_weights(self.train_split.labels) if recipe.balanced_sampling else None
+        # Denormal floats (tiny Adam moments late in training) slow x86 CPUs by an order of magnitude.
+        torch.set_flush_denormal(True)
         strategy.to(self.device)
         self.step_module: nn.Module = _TrainStep(strategy)
         if world > 1:
@@ -151,10 +153,13 @@ class Engine:
             audio, video, onsets = augment.time_roll(shift, audio, video, onsets)
         else:
             targets = labels.float()
-        if train and self.strategy.train_modality == "audio":
-            video = None
-        elif train and self.strategy.train_modality == "video":
-            audio = None
+        # The cross-modal protocol hides one modality from supervised training only: unsupervised
+        # stages (paired pretraining) see both.
+        if train and self.strategy.stage_uses_labels(self.strategy.stage):
+            if self.strategy.train_modality == "audio":
+                video = None
+            elif self.strategy.train_modality == "video":
+                audio = None
         return Batch(audio=audio, video=video, targets=targets, labels=labels, present=raw.get("present"),
                      onsets=onsets, index=raw.get("index"))
 
@@ -189,6 +194,7 @@ class Engine:
                     if global_epoch == state["global_epoch"] - 1:  # the last finished epoch
                         optimizer.load_state_dict(state["optimizer"])
                         global_step = state["global_step"]
+                        restore_rng(state["rng"])
                     global_epoch += 1
                     continue
                 for group in optimizer.param_groups:

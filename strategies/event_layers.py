@@ -1,0 +1,281 @@
+"""``event_layers``: multisensory event-specific fusion layers (paper 003, section 3).
+
+Five heads read the same per-step audio and visual features and pool them differently, each with
+its own fully-connected classifier; the training loss is the equally weighted sum of the five
+per-head losses (paper eq. 4):
+
+===========  ===============================================================================
+continuous   mean over all T steps of concat(v_t, a_t)                           (eq. 1)
+instant      mean over the top-k steps by the score v_t . a_t of concat(v_t, a_t)  (eq. 2)
+onset        mean over the audio-onset steps (the cache's ``onsets.npy``)          (eq. 3)
+visual       eq. 1 with zero-valued audio, i.e. the mean of v_t (video only)
+audio        eq. 1 with zero-valued video, i.e. the mean of a_t (audio only)
+===========  ===============================================================================
+
+The visual and audio heads are written as an FC over the pooled single-modality vector:
+``FC(concat(v, 0)) = W_v v + b`` is exactly the paper's zero-filled concat, without the dead weights.
+
+Adaptation to frozen features (the paper fine-tunes both backbones end to end): a learned linear
+projection per modality (``embed_dim`` wide, ``project=true``) maps the frozen audio and video
+features to one common width, so ``v_t . a_t`` is defined and the pooled features can still adapt.
+The instant score uses these *projected* features. ``project=false`` feeds the raw features (only
+when the two widths match). Open choices of the paper, made explicit here:
+
+* **k on short feature sequences.** The paper used T = 100 with k = 10; here k is
+  ``topk_fraction * T`` rounded (default 0.1: k = 3 on T = 30), at least 1, or an absolute ``topk``.
+* **Clips without onsets** fall back to the continuous pool. Fallbacks are counted: training ones
+  in ``epoch_diagnostics()`` (reset each epoch), evaluation ones (counted by the fused ``predict``,
+  so once per test clip per evaluation) in ``onset_fallback_stats()``.
+* **Onsets at inference.** ``predict``/``head_logits`` take an optional ``onsets`` keyword; without
+  it every clip falls back (and is counted), so the harness should pass the split's onsets.
+* **Single-label prediction** is the paper's majority vote of the five heads' argmax; when several
+  classes share the top vote count, the class of the most confident head among those voting for the
+  tied classes wins (``vote_tie_break=tied``; ``all`` takes the most confident head overall, the
+  literal reading of "the label from the most confident layer"). ``predict`` returns *vote scores*,
+  not raw logits: ``votes + 0.25 * mean head probability``, with the winner raised above every other
+  class, so the argmax is the vote, ties follow the rule, and ranking metrics (top-5, mAP) still see
+  a graded score. ``head_logits`` gives the raw per-head logits. On multilabel tasks the default
+  (``predict_mode=auto``) returns the mean of the per-head logits instead, since a vote is defined
+  for a single label; the paper's multi-label prediction (union of the per-head argmax) is
+  ``predict_label_set``.
+* **Audio-only / video-only evaluation** uses the head that is defined without the other modality:
+  the audio head alone for audio-only, the visual head alone for video-only (the three audio-visual
+  heads need both streams). One head's vote is its argmax, so those columns report its logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from avbench.api import Batch, Capabilities, FeatureSpec, Strategy, TaskSpec
+from avbench.errors import UserError
+from avbench.metrics.multilabel import union_of_argmax
+
+HEADS = ("continuous", "instant", "onset", "visual", "audio")
+AV_HEADS = ("continuous", "instant", "onset")
+
+
+def resolve_k(num_steps: int, fraction: float, k: int | None = None) -> int:
+    """k for the instant head: ``k`` if given, else ``round(fraction * T)``; always in 1..T."""
+    if k is None:
+        k = int(fraction * num_steps + 0.5)
+    return max(1, min(int(k), num_steps))
+
+
+def instant_scores(zv: Tensor, za: Tensor) -> Tensor:
+    """Paper's S_av[t] = z_t^V . z_t^A: ``[B, T]``."""
+    return (zv * za).sum(-1)
+
+
+def topk_pool(z: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Mean of ``z [B, T, D]`` over each row's ``k`` highest-``scores`` steps; returns (pooled, idx)."""
+    idx = scores.topk(k, dim=1).indices  # [B, k]
+    picked = torch.gather(z, 1, idx.unsqueeze(-1).expand(-1, -1, z.shape[-1]))
+    return picked.mean(1), idx
+
+
+def onset_pool(z: Tensor, onsets: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Mean of ``z [B, T, D]`` over the flagged steps; rows with no flag use the mean over all steps.
+
+    Returns (pooled ``[B, D]``, fallback ``[B]`` bool).
+    """
+    b, t, _ = z.shape
+    if onsets is None:
+        return z.mean(1), torch.ones(b, dtype=torch.bool, device=z.device)
+    if onsets.shape != (b, t):
+        raise UserError(f"onsets have shape {tuple(onsets.shape)}, expected {(b, t)}")
+    mask = onsets.to(torch.bool)
+    count = mask.sum(1)
+    fallback = count == 0
+    weights = torch.where(fallback.unsqueeze(1), torch.ones_like(mask), mask).to(z.dtype)
+    pooled = (z * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True)
+    return pooled, fallback
+
+
+def vote_scores(logits: Tensor, multilabel: bool = False, tie_break: str = "tied") -> tuple[Tensor, Tensor]:
+    """Majority vote of ``H`` heads' argmax over ``logits [H, B, C]``.
+
+    Returns (winner ``[B]`` long, scores ``[B, C]`` whose argmax is the winner). Confidence is the
+    head's softmax (sigmoid on multilabel tasks) probability of its own argmax. ``tie_break``:
+    ``tied`` picks the most confident head among those voting for a class with the top vote count;
+    ``all`` picks the most confident head overall when the top vote count is shared.
+    """
+    if tie_break not in ("tied", "all"):
+        raise ValueError(f"tie_break must be 'tied' or 'all', got {tie_break!r}")
+    h, b, c = logits.shape
+    logits = logits.float()
+    probs = torch.sigmoid(logits) if multilabel else logits.softmax(-1)
+    conf, pred = probs.max(-1)  # [H, B]
+    votes = F.one_hot(pred, c).sum(0).float()  # [B, C]
+    top = votes.max(-1, keepdim=True).values
+    tied = votes == top  # [B, C]
+    n_tied = tied.sum(-1)  # [B]
+    eligible = tied.gather(1, pred.t())  # [B, H]: head votes for a top class
+    if tie_break == "all":
+        eligible = torch.where((n_tied > 1).unsqueeze(1), torch.ones_like(eligible), eligible)
+    masked = torch.where(eligible, conf.t(), torch.full_like(conf.t(), -1.0))
+    best_head = masked.argmax(-1)  # [B]; first head wins an exact confidence tie
+    winner = pred.t().gather(1, best_head.unsqueeze(1)).squeeze(1)
+    scores = votes + 0.25 * probs.mean(0)
+    win_score = top.squeeze(1) + 0.5 + 0.25 * probs.mean(0).gather(1, winner.unsqueeze(1)).squeeze(1)
+    scores = scores.scatter(1, winner.unsqueeze(1), win_score.unsqueeze(1))
+    return winner, scores
+
+
+@dataclass
+class EventLayersConfig:
+    embed_dim: int = 512  # projection width D (the paper's backbones emit 512-d steps)
+    project: bool = True  # learned per-modality Linear to embed_dim; false needs equal widths
+    topk_fraction: float = 0.1  # k = round(fraction * T), at least 1 (paper: k = 10 of T = 100)
+    topk: int | None = None  # absolute k; overrides topk_fraction
+    vote_tie_break: Literal["tied", "all"] = "tied"
+    predict_mode: Literal["auto", "vote", "mean"] = "auto"  # auto: vote (single-label), mean (multilabel)
+    align_weight: float = 0.0
+    align_temperature: float = 0.1
+
+
+class EventLayers(Strategy):
+    """Paper 003's five event-specific heads over projected frozen features (see module docstring)."""
+
+    name = "event_layers"
+    Config = EventLayersConfig
+    capabilities = Capabilities(
+        audio_only=True, video_only=True, fusion=True, heads=True, cross_modal=False,
+        embeddings=False, attention=False,
+        reasons={
+            "cross_modal": "the audio and visual heads read separate projections: a head trained on one "
+                           "modality never sees the other",
+            "embeddings": "the event layers are pooling operations over one projection; there are no "
+                          "per-layer representations",
+            "attention": "the event layers pool; they do not attend",
+        },
+    )
+
+    def __init__(self, cfg: EventLayersConfig, features: FeatureSpec, task: TaskSpec):
+        super().__init__(cfg, features, task)
+        self.check_compatible(cfg, features, task)
+        if cfg.project:
+            width = cfg.embed_dim
+            self.proj_a: nn.Module = nn.Linear(features.audio_dim, width)
+            self.proj_v: nn.Module = nn.Linear(features.video_dim, width)
+        else:
+            width = features.audio_dim
+            self.proj_a = nn.Identity()
+            self.proj_v = nn.Identity()
+        self.width = width
+        self.k = resolve_k(features.num_steps, cfg.topk_fraction, cfg.topk)
+        c = task.num_classes
+        self.heads = nn.ModuleDict({
+            "continuous": nn.Linear(2 * width, c),
+            "instant": nn.Linear(2 * width, c),
+            "onset": nn.Linear(2 * width, c),
+            "visual": nn.Linear(width, c),
+            "audio": nn.Linear(width, c),
+        })
+        self._fb = {"train": [0, 0], "eval": [0, 0]}  # [fallbacks, clips]; tensors or ints
+        self._new_eval = True
+
+    @classmethod
+    def check_compatible(cls, cfg: EventLayersConfig, features: FeatureSpec, task: TaskSpec) -> None:
+        if not cfg.project and features.audio_dim != features.video_dim:
+            raise UserError(f"event_layers: project=false needs equal feature widths, but audio is "
+                            f"{features.audio_dim}-d and video {features.video_dim}-d")
+        if cfg.project and cfg.embed_dim < 1:
+            raise UserError(f"event_layers: embed_dim must be at least 1, got {cfg.embed_dim}")
+        if not 0 < cfg.topk_fraction <= 1:
+            raise UserError(f"event_layers: topk_fraction must be in (0, 1], got {cfg.topk_fraction}")
+        if cfg.topk is not None and cfg.topk < 1:
+            raise UserError(f"event_layers: topk must be at least 1, got {cfg.topk}")
+
+    # --- the layers ---------------------------------------------------------------------------
+    def _heads(self, audio: Tensor | None, video: Tensor | None, onsets: Tensor | None,
+               count: str | None) -> dict[str, Tensor]:
+        if audio is None and video is None:
+            raise UserError("event_layers: predict needs at least one modality")
+        za = self.proj_a(audio.float()) if audio is not None else None
+        zv = self.proj_v(video.float()) if video is not None else None
+        out: dict[str, Tensor] = {}
+        if zv is not None and za is not None:
+            if zv.shape[1] != za.shape[1]:
+                raise UserError(f"event_layers: audio has {za.shape[1]} steps and video {zv.shape[1]}")
+            z = torch.cat([zv, za], dim=-1)  # concat(v_t, a_t), the paper's order
+            out["continuous"] = self.heads["continuous"](z.mean(1))
+            inst, _ = topk_pool(z, instant_scores(zv, za), min(self.k, z.shape[1]))
+            out["instant"] = self.heads["instant"](inst)
+            ons, fallback = onset_pool(z, onsets)
+            out["onset"] = self.heads["onset"](ons)
+            if count is not None:
+                self._count(count, fallback)
+        if zv is not None:
+            out["visual"] = self.heads["visual"](zv.mean(1))
+        if za is not None:
+            out["audio"] = self.heads["audio"](za.mean(1))
+        return {h: out[h] for h in HEADS if h in out}
+
+    def _count(self, which: str, fallback: Tensor) -> None:
+        fb = self._fb[which]
+        fb[0] = fb[0] + fallback.sum().detach()  # stays on the device: no sync per step
+        fb[1] = fb[1] + int(fallback.numel())
+
+    # --- training -----------------------------------------------------------------------------
+    def training_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
+        self._new_eval = True
+        logits = self._heads(batch.audio, batch.video, batch.onsets, count="train")
+        losses = {h: self.loss_fn(v, batch.targets) for h, v in logits.items()}
+        out: dict[str, Tensor] = {"loss": torch.stack(list(losses.values())).sum()}
+        out.update({f"loss_{h}": v.detach() for h, v in losses.items()})
+        if self.cfg.align_weight > 0 and batch.audio is not None and batch.video is not None:
+            zv = self.proj_v(batch.video.float()).mean(1)
+            za = self.proj_a(batch.audio.float()).mean(1)
+            sim = F.normalize(zv, dim=-1) @ F.normalize(za, dim=-1).t() / self.cfg.align_temperature
+            target = torch.arange(sim.shape[0], device=sim.device)
+            align = 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.t(), target))
+            out["loss"] = out["loss"] + self.cfg.align_weight * align
+            out["loss_align"] = align.detach()
+        return out
+
+    def epoch_diagnostics(self) -> dict[str, float]:
+        fallbacks, clips = (int(v) for v in self._fb["train"])
+        self._fb["train"] = [0, 0]
+        return {"onset_fallbacks": float(fallbacks),
+                "onset_fallback_rate": fallbacks / clips if clips else 0.0}
+
+    def onset_fallback_stats(self) -> dict[str, float]:
+        """Fallbacks of the latest evaluation (fused ``predict`` calls since the last training step)."""
+        fallbacks, clips = (int(v) for v in self._fb["eval"])
+        return {"eval_onset_fallbacks": float(fallbacks), "eval_clips": float(clips),
+                "eval_onset_fallback_rate": fallbacks / clips if clips else 0.0}
+
+    # --- inference ----------------------------------------------------------------------------
+    def head_logits(self, audio: Tensor | None, video: Tensor | None,
+                    onsets: Tensor | None = None) -> dict[str, Tensor]:
+        """Raw logits ``{head: [B, C]}`` of the heads the given modalities define (all five with both)."""
+        return self._heads(audio, video, onsets, count=None)
+
+    def predict(self, audio: Tensor | None, video: Tensor | None, onsets: Tensor | None = None) -> Tensor:
+        both = audio is not None and video is not None
+        if both and self._new_eval:
+            self._fb["eval"] = [0, 0]
+            self._new_eval = False
+        logits = self._heads(audio, video, onsets, count="eval" if both else None)
+        if len(logits) == 1:
+            return next(iter(logits.values()))
+        stacked = torch.stack(list(logits.values()))
+        mode = self.cfg.predict_mode
+        if mode == "auto":
+            mode = "mean" if self.task.multilabel else "vote"
+        if mode == "mean":
+            return stacked.float().mean(0)
+        return vote_scores(stacked, self.task.multilabel, self.cfg.vote_tie_break)[1]
+
+    def predict_label_set(self, audio: Tensor | None, video: Tensor | None,
+                          onsets: Tensor | None = None) -> Tensor:
+        """Paper 003's multi-label prediction: the union of the per-head argmax, ``[B, C]`` bool."""
+        logits = self.head_logits(audio, video, onsets)
+        device = next(iter(logits.values())).device
+        return torch.from_numpy(union_of_argmax(logits)).to(device)

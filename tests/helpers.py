@@ -1,0 +1,23 @@
+"""Small builders shared by tests (tiny synth caches, CLI invocation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from avbench.datasets.synth import SynthKnobs, build_synth_cache
+
+TINY = dict(classes=4, train_clips=96, test_clips=48, steps=8, audio_dim=16, video_dim=12, seed=0)
+TINY_SETS = [f"data.{k}={v}" for k, v in TINY.items() if k != "seed"] + ["train.batch_size=16"]
+
+
+def tiny_cache(path: Path, **over) -> Path:
+    return build_synth_cache(path, SynthKnobs(**{**TINY, **over}))
+
+
+def run_args(strategy: str, results: Path, *extra: str, seeds: str = "0", epochs: int = 1,
+             model_sets: tuple[str, ...] = ("embed_dim=16",)) -> list[str]:
+    args = ["run", "--strategy", strategy, "--dataset", "synth", "--seeds", seeds, "--epochs", str(epochs),
+            "--results-dir", str(results), "--no-progress", "--no-save-model"]
+    for s in TINY_SETS + list(model_sets):
+        args += ["--set", s]
+    return args + list(extra)
