@@ -159,12 +159,26 @@ def run(req: RunRequest) -> dict[str, Any]:
     """Train and evaluate every seed; return the summary (also what ``--output-json`` writes)."""
     import torch
 
+    from avbench.train import distributed
+
+    # Under torchrun (WORLD_SIZE > 1) join the process group; rank 0 resolves first so a generated
+    # dataset cache is written once, and only rank 0 talks to MLflow.
+    ctx = distributed.setup(req.device)
+    try:
+        r = distributed.main_first(lambda: resolve(req), ctx)
+        return _run(req, r, ctx.rank, ctx.world, ctx.device)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _run(req: RunRequest, r: Resolved, rank: int, world: int, device: Any) -> dict[str, Any]:
+    import torch
+
     from avbench.tracking import TAG_STRATEGY, Tracker
     from avbench.train.engine import Engine, describe_device, environment, set_seed
 
-    r = resolve(req)
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = torch.device(req.device)
+    if world > 1 and r.recipe.batch_size < world:
+        raise UserError(f"batch size {r.recipe.batch_size} is smaller than the {world} processes")
     name = req.run_name or r.strategy_cls.name
     cfg_dict = dataclasses.asdict(r.strategy_cfg)
     recipe_dict = dataclasses.asdict(r.recipe)
@@ -197,9 +211,11 @@ def run(req: RunRequest) -> dict[str, Any]:
                                                           "precision": r.recipe.amp,
                                                           "parameters": strategy.num_parameters()}, tags) if tracker else None
 
-        def on_epoch(epoch: int, row: dict[str, float], child=child) -> None:
+        def on_epoch(epoch: int, row: dict[str, float], child=child, seed=seed) -> None:
             if tracker:
                 tracker.log_metrics(child, {k: v for k, v in row.items() if k not in ("epoch",)}, step=epoch)
+            if req.progress:
+                _print_epoch(seed, epoch, row, primary)
 
         ckpt = Path(req.results_dir) / "checkpoints" / group / f"seed{seed}.pt"
         engine = Engine(strategy, r.cache, r.recipe, seed=seed, device=device, protocol=req.protocol,
@@ -245,6 +261,16 @@ def run(req: RunRequest) -> dict[str, Any]:
             "protocol": req.protocol, "train_modality": req.train_modality, "primary_metric": primary,
             "config": cfg_dict, "recipe": recipe_dict, "seeds": per_seed, "summary": summary,
             "skipped": skipped_reasons, "tracking_uri": tracker.uri if tracker else None}
+
+
+def _print_epoch(seed: int, epoch: int, row: dict[str, float], primary: str) -> None:
+    from tqdm.auto import tqdm
+
+    parts = [f"seed {seed} epoch {epoch + 1}", f"loss {row.get('train/loss', float('nan')):.4f}",
+             f"{row.get('train_clips_per_s', float('nan')):.0f} clips/s"]
+    parts += [f"{c} {primary} {100 * row[f'{c}/{primary}']:.2f}" for c in ("audio", "video", "fusion")
+              if f"{c}/{primary}" in row]
+    tqdm.write("  ".join(parts))
 
 
 def summarize(per_seed: list[dict[str, Any]], task: str) -> dict[str, dict[str, float]]:

@@ -40,7 +40,7 @@ from avbench.datasets.base import DatasetCard
 from avbench.errors import UserError
 
 EVENT_TYPES = ("continuous", "instant", "rhythmic", "audio_only", "visual_only")
-GENERATOR_VERSION = 1  # bump when generation changes numbers: it is part of the cache key
+GENERATOR_VERSION = 2  # bump when generation changes numbers: it is part of the cache key
 
 
 @dataclass
@@ -51,7 +51,7 @@ class SynthKnobs:
     steps: int = 30
     audio_dim: int = 128
     video_dim: int = 96
-    snr: float = 1.0  # evidence norm relative to per-step noise norm
+    snr: float = 0.4  # evidence norm relative to per-step noise norm
     event_mix: str = "continuous,instant,rhythmic,audio_only,visual_only"  # names, or name:weight
     instant_fraction: float = 0.1  # instant window as a fraction of T
     distractor: float = 0.5  # amplitude of single-modality distractor events, relative to snr
