@@ -68,7 +68,8 @@ def test_vggsound_uses_uavm_class_order_when_present(tmp_path):
 def test_audioset(tmp_path):
     media = tmp_path / "media"
     touch(media, "Y--PJHxphWEs.mkv", "eval/abcdefghijk_000030.mp4")
-    header = "# Segments csv created Sun Mar  5 10:54:31 2017\n# num_ytids=2\n# YTID, start_seconds, end_seconds, positive_labels\n"
+    header = ("# Segments csv created Sun Mar  5 10:54:31 2017\n# num_ytids=2\n"
+              "# YTID, start_seconds, end_seconds, positive_labels\n")
     (media / "balanced_train_segments.csv").write_text(
         header + '--PJHxphWEs, 30.000, 40.000, "/m/09x0r,/t/dd00088"\n-missing000, 0.000, 10.000, "/m/09x0r"\n')
     (media / "eval_segments.csv").write_text(header + 'abcdefghijk, 30.000, 40.000, "/m/05zppz"\n')

@@ -17,7 +17,7 @@ from avbench.config import apply_overrides
 from avbench.datasets.synth import SynthKnobs, build_synth_cache
 from avbench.errors import UserError
 from avbench.registry import Registry
-from avbench_strategies.baselines import FiLMFusion, GatedFusion, LateFusion, NaiveAV, SumFusion
+from avbench_strategies.baselines import FiLMFusion, GatedFusion, LateFusion, NaiveAV
 from avbench_strategies.mbt import MBT, MBTConfig, resolve_heads
 from helpers import TINY
 

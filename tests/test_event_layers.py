@@ -49,8 +49,9 @@ def test_topk_pool_picks_the_highest_score_steps():
     z = torch.arange(2 * 6 * 2, dtype=torch.float32).reshape(2, 6, 2)
     scores = torch.tensor([[0.1, 5.0, -1.0, 3.0, 0.0, 2.0],
                            [9.0, 0.0, 0.0, 0.0, 8.0, -3.0]])
-    pooled, idx = topk_pool(z, scores, 2)
-    assert set(idx[0].tolist()) == {1, 3} and set(idx[1].tolist()) == {0, 4}
+    pooled, weights = topk_pool(z, scores, 2)
+    assert weights[0].nonzero().flatten().tolist() == [1, 3] and weights[1].nonzero().flatten().tolist() == [0, 4]
+    assert torch.all(weights.sum(1) == 1.0)
     torch.testing.assert_close(pooled[0], (z[0, 1] + z[0, 3]) / 2)
     torch.testing.assert_close(pooled[1], (z[1, 0] + z[1, 4]) / 2)
 
@@ -305,3 +306,18 @@ def test_event_layers_trains_one_epoch_end_to_end_through_the_cli(tmp_path):
     summary = json.loads(out.read_text())
     columns = {k.split("/")[0] for k in summary["summary"] if k.endswith("/acc")}
     assert columns == {"audio", "video", "fusion"}
+
+
+def test_optional_alignment_loss_adds_a_weighted_infonce_term():
+    bt = batch(b=8)
+    plain = make(EventLayersConfig(embed_dim=8))
+    aligned = make(EventLayersConfig(embed_dim=8, align_weight=0.5))  # same seed: same weights
+    out0, out1 = plain.training_step(bt, 0), aligned.training_step(bt, 0)
+    assert "loss_align" not in out0
+    # A symmetric InfoNCE over 8 clips at temperature 0.1: positive, and finite.
+    assert 0.5 < out1["loss_align"].item() < 20.0
+    assert out1["loss"].item() == pytest.approx(out0["loss"].item() + 0.5 * out1["loss_align"].item(), rel=1e-5)
+    out1["loss"].backward()
+    assert aligned.proj_a.weight.grad.abs().sum() > 0
+    with pytest.raises(UserError, match="align_weight"):
+        make(EventLayersConfig(align_weight=-1.0))

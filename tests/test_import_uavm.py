@@ -40,7 +40,8 @@ def _layout(tmp_path, n_train=7, n_test=3, audio_steps=30, drop=()):
                 np.save(tmp_path / "afeat" / f"{cid}.npy", a)
             np.save(tmp_path / "vfeat" / f"{cid}.npy", v)
             data.append({"video_id": cid, "wav": f"/x/{cid}.flac", "labels": ",".join(labs),
-                         "afeat": str(tmp_path / "afeat" / f"{cid}.npy"), "vfeat": str(tmp_path / "vfeat" / f"{cid}.npy")})
+                         "afeat": str(tmp_path / "afeat" / f"{cid}.npy"),
+                         "vfeat": str(tmp_path / "vfeat" / f"{cid}.npy")})
             truth[cid] = (a, v, labs)
         data = data[::-1] if split == "train" else data
         files[split] = tmp_path / f"{split}.json"
@@ -154,7 +155,8 @@ def test_interrupted_import_resumes_to_the_same_cache(tmp_path):
         "    sw.write = write\n"
         "    return sw\n"
         "m.CacheWriter.create_split = create\n"
-        f"m.import_uavm({str(files['train'])!r}, {str(files['test'])!r}, {str(labels_csv)!r}, {str(out)!r}, progress=False)\n"
+        f"m.import_uavm({str(files['train'])!r}, {str(files['test'])!r}, {str(labels_csv)!r}, {str(out)!r},"
+        " progress=False)\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 9, r.stderr

@@ -136,8 +136,8 @@ def _load(path: str, steps: int) -> tuple[np.ndarray | None, int, str | None]:
 
 
 def import_uavm(train_json: str | Path, test_json: str | Path, labels_csv: str | Path, out: str | Path, *,
-                weights_csv: str | Path | None = None, dataset: str | None = None, feature_root: str | Path | None = None,
-                workers: int = 8, progress: bool = True) -> dict[str, Any]:
+                weights_csv: str | Path | None = None, dataset: str | None = None,
+                feature_root: str | Path | None = None, workers: int = 8, progress: bool = True) -> dict[str, Any]:
     """Write the cache; returns a summary (counts, key). Resumes an interrupted import."""
     labels_csv = Path(labels_csv)
     classes = read_class_indices(labels_csv)
@@ -199,7 +199,8 @@ def import_uavm(train_json: str | Path, test_json: str | Path, labels_csv: str |
             bar = tqdm(total=len(pending), unit="clip", desc=f"import {name}", disable=not progress, file=sys.stderr)
             for start in range(0, len(pending), CHUNK):
                 rows = pending[start:start + CHUNK]
-                loaded = list(pool.map(lambda r: (_load(entries[r].afeat, NUM_STEPS), _load(entries[r].vfeat, NUM_STEPS)), rows))
+                loaded = list(pool.map(lambda r, es=entries: (_load(es[r].afeat, NUM_STEPS),
+                                                               _load(es[r].vfeat, NUM_STEPS)), rows))
                 n = len(rows)
                 audio = np.zeros((n, NUM_STEPS, a_dim), np.float16)
                 video = np.zeros((n, NUM_STEPS, v_dim), np.float16)

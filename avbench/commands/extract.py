@@ -11,6 +11,14 @@ def _default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
+def _default_threads(args: argparse.Namespace) -> int | None:
+    """On CPU, leave the decoding workers their cores: oversubscribed OpenMP threads spin and stall."""
+    if not args.device.startswith("cpu") or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, ((os.cpu_count() or 1) - args.workers * ranks) // ranks)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("extract", help="extract audio and video features from media files into a cache",
                        description="Decode media with PyAV, compute Kaldi fbank + timm audio features and "
@@ -20,13 +28,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--media-root", required=True, help="folder holding the media files")
     p.add_argument("--manifest", help="the dataset's label file(s) (default: looked for under the media root)")
     p.add_argument("--out", help="cache directory (default: <cache root>/<dataset>)")
-    p.add_argument("--cache-root", help="cache root for the default --out (default: $AVBENCH_CACHE_DIR or the user cache)")
+    p.add_argument("--cache-root",
+                   help="cache root for the default --out (default: $AVBENCH_CACHE_DIR or the user cache)")
     g = p.add_argument_group("models")
     g.add_argument("--audio-model", default="convnext_base", help="timm model name for audio (1-channel stem)")
     g.add_argument("--video-model", default="convnext_base", help="timm model name for video frames")
     g.add_argument("--audio-weights", help="local checkpoint for the audio model (.pth/.pt/.safetensors)")
     g.add_argument("--video-weights", help="local checkpoint for the video model")
-    g.add_argument("--no-pretrained", action="store_true", help="random (seeded) weights instead of timm's pretrained ones")
+    g.add_argument("--no-pretrained", action="store_true",
+                   help="random (seeded) weights instead of timm's pretrained ones")
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="model precision (bf16 autocast)")
     f = p.add_argument_group("front end")
     f.add_argument("--target-length", type=int, default=1000, help="fbank frames per clip, padded or cut (1000 = 10 s)")
@@ -39,6 +49,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)")
     r.add_argument("--workers", type=int, default=_default_workers(), help="decoding worker processes")
     r.add_argument("--batch-size", type=int, default=4, help="clips per model batch")
+    r.add_argument("--threads", type=int, help="torch threads for the models on CPU (default: the cores left "
+                                               "after the workers, divided among torchrun's local ranks)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_extract)
 
@@ -59,7 +71,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         video_weights=args.video_weights, pretrained=not args.no_pretrained, target_length=args.target_length,
         num_steps=args.num_steps, fps=args.fps, short_side=args.short_side, precision=args.precision)
     options = RunOptions(device=args.device, workers=args.workers, batch_size=args.batch_size,
-                         compute_norm=args.compute_norm, norm_clips=args.norm_clips, progress=not args.no_progress)
+                         compute_norm=args.compute_norm, norm_clips=args.norm_clips, progress=not args.no_progress,
+                         threads=args.threads or _default_threads(args))
     summary = Extraction(card, args.media_root, out, manifest=args.manifest, settings=settings,
                          options=options).run()
     if summary.get("rank", 0) == 0:
@@ -78,6 +91,11 @@ def print_summary(summary: dict) -> None:
         rate = run.get("clips", 0) / secs if secs else 0.0
         print(f"extracted {run.get('clips', 0)} clips in {secs:.1f} s ({rate:.2f} clips/s)"
               + (f" over {summary['world']} ranks" if summary.get("world", 1) > 1 else ""))
+        t = summary.get("timing", {})
+        if t:
+            print(f"time in the loop: waiting for decoded clips {t['wait_for_decode_s']:.1f} s, audio model "
+                  f"{t['audio_model_s']:.1f} s, video model {t['video_model_s']:.1f} s, writing {t['write_s']:.1f} s"
+                  f" -> bound by {summary.get('bound_by')}")
     if c:
         print(f"cache {summary['cache']}: {c['done']}/{c['clips']} rows done, {c['failed']} failed, "
               f"{c['no_audio']} without audio, {c['no_video']} without video, {c['padded']} padded, {c['cut']} cut")

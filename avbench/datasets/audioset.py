@@ -16,8 +16,16 @@ import io
 from pathlib import Path
 from typing import Any, ClassVar
 
-from avbench.datasets.adapters import (ClipList, ClipRecord, MediaCard, MediaIndex, found_or_missing,
-                                       read_class_indices, read_text, sha256_of)
+from avbench.datasets.adapters import (
+    ClipList,
+    ClipRecord,
+    MediaCard,
+    MediaIndex,
+    found_or_missing,
+    read_class_indices,
+    read_text,
+    sha256_of,
+)
 from avbench.errors import UserError
 
 SEGMENT_FILES = {"balanced_train": "balanced_train_segments.csv",

@@ -14,8 +14,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from avbench.datasets.adapters import (ClipList, ClipRecord, MediaCard, MediaIndex, found_or_missing,
-                                       hash_split, name_key, read_text, sha256_of, task_of)
+from avbench.datasets.adapters import (
+    ClipList,
+    ClipRecord,
+    MediaCard,
+    MediaIndex,
+    found_or_missing,
+    hash_split,
+    name_key,
+    read_text,
+    sha256_of,
+    task_of,
+)
 from avbench.errors import UserError
 
 CATEGORIES = (

@@ -15,8 +15,17 @@ import io
 from pathlib import Path
 from typing import Any, ClassVar
 
-from avbench.datasets.adapters import (ClipList, ClipRecord, MediaCard, MediaIndex, found_or_missing,
-                                       hash_split, read_text, sha256_of, task_of)
+from avbench.datasets.adapters import (
+    ClipList,
+    ClipRecord,
+    MediaCard,
+    MediaIndex,
+    found_or_missing,
+    hash_split,
+    read_text,
+    sha256_of,
+    task_of,
+)
 from avbench.errors import UserError
 
 

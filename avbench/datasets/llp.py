@@ -16,8 +16,15 @@ import io
 from pathlib import Path
 from typing import Any, ClassVar
 
-from avbench.datasets.adapters import (ClipList, ClipRecord, MediaCard, MediaIndex, found_or_missing,
-                                       read_text, sha256_of)
+from avbench.datasets.adapters import (
+    ClipList,
+    ClipRecord,
+    MediaCard,
+    MediaIndex,
+    found_or_missing,
+    read_text,
+    sha256_of,
+)
 from avbench.errors import UserError
 
 CATEGORIES = (

@@ -15,8 +15,18 @@ import io
 from pathlib import Path
 from typing import Any, ClassVar
 
-from avbench.datasets.adapters import (ClipList, ClipRecord, MediaCard, MediaIndex, found_or_missing,
-                                       name_key, read_class_indices, read_text, sha256_of, task_of)
+from avbench.datasets.adapters import (
+    ClipList,
+    ClipRecord,
+    MediaCard,
+    MediaIndex,
+    found_or_missing,
+    name_key,
+    read_class_indices,
+    read_text,
+    sha256_of,
+    task_of,
+)
 from avbench.errors import UserError
 
 LABEL_FILES = ("class_labels_indices_vgg.csv", "class_labels_indices.csv")

@@ -74,6 +74,7 @@ class RunOptions:
     compute_norm: bool = False
     norm_clips: int = 2000
     progress: bool = True
+    threads: int | None = None  # torch threads for the models on CPU (None: leave torch's setting)
 
 
 def _check(s: ExtractSettings, o: RunOptions) -> None:
@@ -116,8 +117,9 @@ class Extraction:
 
     def _models(self, device: torch.device) -> tuple[AudioExtractor, VideoExtractor]:
         dtype = torch.bfloat16 if self.s.precision == "bf16" else None
-        am, aid = build_model(self.s.audio_model, in_chans=1, pretrained=self.s.pretrained, weights=self.s.audio_weights)
-        vm, vid = build_model(self.s.video_model, in_chans=3, pretrained=self.s.pretrained, weights=self.s.video_weights)
+        s = self.s
+        am, aid = build_model(s.audio_model, in_chans=1, pretrained=s.pretrained, weights=s.audio_weights)
+        vm, vid = build_model(s.video_model, in_chans=3, pretrained=s.pretrained, weights=s.video_weights)
         return AudioExtractor(am, aid, device, dtype), VideoExtractor(vm, vid, device, dtype)
 
     def _norm(self, clips: ClipList, fe: FrontEnd, d: distributed.Dist) -> dict[str, Any]:
@@ -154,9 +156,11 @@ class Extraction:
     # ---------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
         d = distributed.from_env(self.o.device)
+        threads = torch.get_num_threads()
         try:
             return self._run(d)
         finally:
+            torch.set_num_threads(threads)  # the caller's setting again (tests, notebooks)
             d.close()
 
     def _run(self, d: distributed.Dist) -> dict[str, Any]:
@@ -167,6 +171,8 @@ class Extraction:
             raise UserError(f"none of the {len(clips.missing)} listed media files is under {self.media_root} "
                             f"(e.g. {ex})")
         device = self._device(d)
+        if self.o.threads:
+            torch.set_num_threads(self.o.threads)
         amodel, vmodel = self._models(device)
         a_steps, a_dim = amodel.probe(self.s.target_length, afe.NUM_MEL_BINS)
         v_dim = vmodel.probe(self.s.short_side)
@@ -198,9 +204,9 @@ class Extraction:
             provenance={"source": "avbench extract", "media_root": str(self.media_root),
                         "labels": clips.source, "clip_list_sha256": chash},
             info={"norm": norm})
-        finished = self._finished(key)
+        finished = self._finished(key, quiet=d.rank != 0)
         if finished is not None:
-            return finished
+            return {**finished, "rank": d.rank, "world": d.world}
         splits = clips.splits()
         # Rank 0 creates everything; the others reopen after the barrier.
         err = None
@@ -225,9 +231,12 @@ class Extraction:
             for row in sw.pending(np.arange(start, stop)):
                 jobs.append(Job(name, int(row), recs[row].id, str(recs[row].path)))
         counts = self._extract(jobs, fe, writer, amodel, vmodel, d)
-        d.barrier()
+        keys = sorted(counts)
+        counts = dict(zip(keys, (int(x) for x in d.sum([counts[k] for k in keys]))))  # all ranks (a barrier too)
         summary = {"cache": str(self.out), "key": key, "rank": d.rank, "world": d.world,
-                   "this_run": counts, "seconds": time.perf_counter() - t_start, "missing_media": len(clips.missing)}
+                   "this_run": counts, "timing": {k: round(v, 2) for k, v in self.timing.items()},
+                   "bound_by": _bound(self.timing), "seconds": time.perf_counter() - t_start,
+                   "missing_media": len(clips.missing)}
         if d.rank == 0:
             self._merge_failures()
             writer = self._open(manifest, clips, splits, rank=0)  # fresh view of every rank's rows
@@ -252,7 +261,7 @@ class Extraction:
                     return norm
         return None
 
-    def _finished(self, key: str) -> dict | None:
+    def _finished(self, key: str, quiet: bool = False) -> dict | None:
         p = self.out / fmt.MANIFEST
         if not p.exists():
             return None
@@ -260,7 +269,8 @@ class Extraction:
         if data.get("key") != key:
             raise UserError(f"{self.out}: a finished cache with other settings (key {data.get('key')}) is there; "
                             f"remove it or choose another --out")
-        self.log(f"{self.out}: already complete (key {key}); nothing to do")
+        if not quiet:
+            self.log(f"{self.out}: already complete (key {key}); nothing to do")
         return {"cache": str(self.out), "key": key, "complete": True, "info": data.get("info", {}),
                 "this_run": {"clips": 0}}
 
@@ -285,6 +295,7 @@ class Extraction:
     def _extract(self, jobs: list[Job], fe: FrontEnd, writer: CacheWriter, amodel: AudioExtractor,
                  vmodel: VideoExtractor, d: distributed.Dist) -> dict[str, int]:
         counts = {"clips": 0, "failed": 0, "no_audio": 0, "no_video": 0}
+        self.timing = {"wait_for_decode_s": 0.0, "audio_model_s": 0.0, "video_model_s": 0.0, "write_s": 0.0}
         if not jobs:
             return counts
         from tqdm import tqdm
@@ -296,8 +307,15 @@ class Extraction:
         loader = make_loader(jobs, fe, workers=self.o.workers, batch_size=self.o.batch_size)
         T = self.s.num_steps
         with open(fail_path, "a") as fail_log:
-            for batch in loader:
+            batches = iter(loader)
+            while True:
+                t0 = time.perf_counter()
+                batch = next(batches, None)
+                self.timing["wait_for_decode_s"] += time.perf_counter() - t0
+                if batch is None:
+                    break
                 audio, video = self._features(batch, amodel, vmodel, fail_log)
+                t0 = time.perf_counter()
                 by_split: dict[str, list[int]] = {}
                 for i, item in enumerate(batch):
                     by_split.setdefault(item["split"], []).append(i)
@@ -325,22 +343,27 @@ class Extraction:
                         audio_frames=np.array([batch[i]["audio_frames"] for i in idx], np.int32),
                         video_frames=np.array([batch[i]["video_frames"] for i in idx], np.int32),
                         duration=np.array([batch[i]["duration"] for i in idx], np.float32), flags=flags)
+                self.timing["write_s"] += time.perf_counter() - t0
                 counts["clips"] += len(batch)
                 bar.update(len(batch))
                 bar.set_postfix(failed=counts["failed"], refresh=False)
         bar.close()
         return counts
 
-    def _features(self, batch: list[dict], amodel: AudioExtractor, vmodel: VideoExtractor, fail_log) -> tuple[list, list]:
+    def _features(self, batch: list[dict], amodel: AudioExtractor, vmodel: VideoExtractor,
+                  fail_log) -> tuple[list, list]:
         """Per item: audio ``[T', Da]`` / video ``[k, Dv]`` float16 arrays, or None (absent or failed)."""
         audio: list[np.ndarray | None] = [None] * len(batch)
         video: list[np.ndarray | None] = [None] * len(batch)
+        t0 = time.perf_counter()
         with_audio = [i for i, it in enumerate(batch) if it["error"] is None and it["fbank"] is not None]
         if with_audio:
             for idx, out in _run_grouped(with_audio, lambda ids: amodel(torch.stack([batch[i]["fbank"] for i in ids])),
                                          batch, "audio model"):
                 for j, i in enumerate(idx):
                     audio[i] = out[j].cpu().numpy().astype(np.float16)
+        t1 = time.perf_counter()
+        self.timing["audio_model_s"] += t1 - t0
         with_video = [i for i, it in enumerate(batch) if it["error"] is None and it["frames"] is not None]
         groups: dict[tuple, list[int]] = {}
         for i in with_video:
@@ -353,6 +376,7 @@ class Extraction:
             for idx, out in _run_grouped(ids, run, batch, "video model"):
                 for j, i in enumerate(idx):
                     video[i] = out[j].cpu().numpy().astype(np.float16)
+        self.timing["video_model_s"] += time.perf_counter() - t1
         for it in batch:
             if it["error"] is not None:
                 fail_log.write(json.dumps({"split": it["split"], "row": it["row"], "id": it["id"],
@@ -409,6 +433,17 @@ class Extraction:
                 "failures": FAILURES if tot["failed"] else None,
                 "padded_means": f"audio shorter than {T} steps x {stride} fbank frames, or fewer than {T} video frames",
                 "failed_rows": "present = [False, False] and extra 'flags' bit 0; see failures.jsonl"}
+
+
+def _bound(timing: dict[str, float]) -> str:
+    """What limited the loop: waiting for decoded clips, or the models (on this rank)."""
+    model = timing.get("audio_model_s", 0.0) + timing.get("video_model_s", 0.0)
+    if not model and not timing.get("wait_for_decode_s"):
+        return "nothing to do"
+    if timing.get("wait_for_decode_s", 0.0) > model:
+        return "decoding (add --workers)"
+    side = "video" if timing.get("video_model_s", 0.0) >= timing.get("audio_model_s", 0.0) else "audio"
+    return f"models ({side} model the larger share)"
 
 
 def _fit(x: np.ndarray | None, steps: int, dim: int) -> np.ndarray:

@@ -98,3 +98,37 @@ def write_clip(path: str | Path, *, seconds: float = 2.0, fps: int = 10, size: t
             for pkt in as_.encode():
                 out.mux(pkt)
     return path
+
+
+STEP_SECONDS = 0.32  # ConvNeXt audio feature step: 32 fbank frames x 10 ms
+# clip -> (label, split, steps with a click) in the folder ``write_test_folder`` makes
+CLICK_CLIPS = {"c0": ("dog", "train", (1, 5)), "c1": ("cat", "train", (3,)), "c2": ("dog", "test", (0, 8)),
+               "c3": ("cat", "test", (6,)), "c4": ("dog", "train", (2, 4))}
+
+
+def write_test_folder(root: str | Path, *, seconds: float = 3.0, size: tuple[int, int] = (48, 32)) -> Path:
+    """A ``csv``-card folder with every case extraction must handle, and its ``manifest.csv``.
+
+    Five clips with clicks at known feature steps (H.264 and MPEG-4 video, AAC audio), one with a
+    silent audio track, one without an audio stream, one audio-only WAV, a truncated MP4, a zero-byte
+    file, a text file named ``.mp4``, and a listed file that does not exist.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (cid, (label, split, steps)) in enumerate(CLICK_CLIPS.items()):
+        write_clip(root / f"{cid}.mp4", seconds=seconds, fps=6, size=size,
+                   clicks=[(k + 0.5) * STEP_SECONDS for k in steps], seed=i,
+                   video_codec="mpeg4" if i % 2 else "h264")
+        rows.append(f"{cid}.mp4,{label},{split}")
+    write_clip(root / "silent.mp4", seconds=2.0, fps=6, size=size, audio_kind="silence")
+    write_clip(root / "noaudio.mp4", seconds=2.0, fps=6, size=size, audio=False)
+    write_clip(root / "audioonly.wav", seconds=2.0, video=False, audio_codec="pcm_s16le", clicks=[0.5])
+    good = (root / "c0.mp4").read_bytes()
+    (root / "trunc.mp4").write_bytes(good[: len(good) // 2])
+    (root / "zero.mp4").write_bytes(b"")
+    (root / "text.mp4").write_text("not a video at all\n")
+    rows += ["silent.mp4,cat,train", "noaudio.mp4,dog,train", "audioonly.wav,cat,test", "trunc.mp4,dog,train",
+             "zero.mp4,cat,test", "text.mp4,dog,train", "gone.mp4,cat,train"]
+    (root / "manifest.csv").write_text("file,label,split\n" + "\n".join(rows) + "\n")
+    return root
