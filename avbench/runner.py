@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field

@@ -27,13 +27,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-root", help="where generated dataset caches live (default: user cache dir)")
     p.add_argument("--no-save-model", action="store_true", help="do not log model weights to MLflow")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel training on N local processes (DDP under torchrun; one per GPU with "
+                        "--device cuda, gloo on CPU); for several nodes run torchrun -m avbench run directly")
     p.set_defaults(func=cmd_run)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import os
+
     from avbench import config as cfgmod
     from avbench import runner
+    from avbench.errors import UserError
     from avbench.report.console import print_run_summary
+
+    if args.nproc < 1:
+        raise UserError("--nproc must be at least 1")
+    if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise UserError("--nproc is for a single launch; under torchrun leave it out")
 
     req = runner.RunRequest(
         strategy=args.strategy, dataset=args.dataset, cache=args.cache, seeds=runner.parse_seeds(args.seeds),
@@ -41,8 +52,36 @@ def cmd_run(args: argparse.Namespace) -> int:
         device=args.device, protocol=args.protocol, train_modality=args.train_modality, resume=args.resume,
         cache_root=args.cache_root, progress=not args.no_progress, skip_finished=args.skip_finished,
         save_model=not args.no_save_model)
+    if args.nproc > 1:
+        from avbench.train import distributed
+
+        runner.resolve(req)  # bad input fails here, once, and a dataset cache is prepared before the workers start
+        rc = distributed.launch(args.nproc, worker_args(args))
+        return 0 if rc == 0 else (2 if rc == 2 else 1)
     summary = runner.run(req)
-    print_run_summary(summary)
-    if args.output_json:
-        runner.write_json(args.output_json, summary)
+    if int(os.environ.get("RANK", 0)) == 0:  # one table and one JSON file per run, from rank 0
+        print_run_summary(summary)
+        if args.output_json:
+            runner.write_json(args.output_json, summary)
     return 0
+
+
+def worker_args(args: argparse.Namespace) -> list[str]:
+    """The ``run`` command line each torchrun worker gets: these arguments without ``--nproc``."""
+    out = ["run", "--strategy", args.strategy]
+    out += ["--dataset", args.dataset] if args.dataset else ["--cache", args.cache]
+    out += ["--seeds", args.seeds, "--results-dir", args.results_dir, "--device", args.device,
+            "--protocol", args.protocol]
+    if args.epochs is not None:
+        out += ["--epochs", str(args.epochs)]
+    for item in args.overrides:
+        out += ["--set", item]
+    for flag, value in (("--train-modality", args.train_modality), ("--output-json", args.output_json),
+                        ("--cache-root", args.cache_root)):
+        if value:
+            out += [flag, value]
+    for flag, on in (("--resume", args.resume), ("--skip-finished", args.skip_finished),
+                     ("--no-save-model", args.no_save_model), ("--no-progress", args.no_progress)):
+        if on:
+            out.append(flag)
+    return out

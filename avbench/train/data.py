@@ -33,10 +33,12 @@ def fits_on_device(split: CacheSplit, device: torch.device, fraction: float = 0.
 class BatchSource:
     """Yields dicts of device tensors (audio, video, labels, present, index, onsets) per index batch."""
 
-    def __init__(self, split: CacheSplit, device: torch.device, resident: str = "auto"):
+    def __init__(self, split: CacheSplit, device: torch.device, resident: str = "auto", share: float = 1.0):
+        """``resident``: "on", "off" or "auto" (when the split takes at most half of ``share`` of the
+        device's free memory; ranks that share one host's memory pass ``share = 1 / ranks``)."""
         self.split = split
         self.device = torch.device(device)
-        if resident == "on" or (resident == "auto" and fits_on_device(split, self.device)):
+        if resident == "on" or (resident == "auto" and fits_on_device(split, self.device, 0.5 * share)):
             self.resident: DeviceSplit | None = split.to_device(self.device)
         else:
             self.resident = None
@@ -51,9 +53,28 @@ class BatchSource:
     def iterate(self, index_batches: Iterable[np.ndarray]) -> Iterator[dict[str, Tensor]]:
         if self.resident is not None:
             for idx in index_batches:
-                yield self.resident.gather(torch.as_tensor(idx).to(self.device, non_blocking=True))
+                yield self.gather_resident(idx)
             return
         yield from _prefetch(self.split, list(index_batches), self.device)
+
+
+    def gather_resident(self, idx: np.ndarray) -> dict[str, Tensor]:
+        """Rows of the resident split. On CPU through NumPy's take, several times faster than torch's
+        advanced indexing of float16 rows there; on a GPU by indexing in device memory."""
+        res = self.resident
+        assert res is not None
+        if self.device.type != "cpu":  # indices through pinned memory: no host sync per batch
+            index = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+            if self.device.type == "cuda":
+                index = index.pin_memory()
+            return res.gather(index.to(self.device, non_blocking=True))
+        idx = np.asarray(idx, dtype=np.int64)
+        out = {k: torch.from_numpy(np.take(getattr(res, k).numpy(), idx, axis=0))
+               for k in ("audio", "video", "labels", "present")}
+        out["index"] = torch.from_numpy(idx)
+        if res.onsets is not None:
+            out["onsets"] = torch.from_numpy(np.take(res.onsets.numpy(), idx, axis=0))
+        return out
 
 
 def _prefetch(split: CacheSplit, index_batches: list[np.ndarray], device: torch.device) -> Iterator[dict[str, Tensor]]:

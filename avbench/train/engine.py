@@ -21,7 +21,7 @@ from avbench.cache.reader import FeatureCache
 from avbench.errors import UserError
 from avbench.metrics.classification import classification_metrics
 from avbench.metrics.retrieval import retrieval_metrics, stratified_subset
-from avbench.train import augment, sampling
+from avbench.train import augment, distributed, sampling
 from avbench.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from avbench.train.data import BatchSource
 from avbench.train.recipe import Recipe
@@ -50,12 +50,62 @@ class FitResult:
     resumed_from_epoch: int | None = None
 
 
+@dataclass
+class StepPlan:
+    """One training step for this rank: which rows to gather and the recipe's random draws.
+
+    The draws (mixup partner and lambda, time roll) are made for the whole global batch from a
+    generator seeded by (seed, step) and then sliced, so a clip is augmented identically whatever
+    the number of ranks. With one rank ``partner`` indexes the batch itself (the reference recipe);
+    with several, partners held by other ranks are gathered as extra rows after this rank's own.
+    """
+
+    rows: np.ndarray  # this rank's clips (split row indices), in global-batch order
+    fetch: np.ndarray  # rows to gather: ``rows``, then any extra mixup partners
+    partner: np.ndarray | None  # per own clip: position of its partner among the fetched rows
+    lam: np.ndarray | None  # per own clip: mixup weight (1 = not mixed)
+    shift: np.ndarray | None  # per own clip: time roll
+    global_size: int
+    loss_scale: float = 1.0  # n_rank * world / global_size: DDP's gradient average = the global mean
+
+
 def set_seed(seed: int) -> None:
     import random
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def to_device(arr: np.ndarray, device: torch.device) -> Tensor:
+    """A small host array on ``device`` without a host sync: CUDA copies go through pinned memory
+    (a copy from pageable memory may wait for the stream), so the host keeps queueing work."""
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def tune_host_allocator() -> bool:
+    """Keep freed memory for reuse on glibc hosts (no mmap per large tensor, no trimming).
+
+    A CPU training step allocates and frees hundreds of MB of activations. glibc serves every block
+    above 32 MB with a fresh mmap, so each step page-faults that memory in again (measured: ~0.6 GB
+    per bf16 step and ~1.5 GB per fp32 step of paper-size UAVM, 2-5% of its time in the kernel). Set
+    AVBENCH_MALLOC_TUNE=0 to leave malloc alone.
+    """
+    import os
+
+    if os.environ.get("AVBENCH_MALLOC_TUNE", "1") == "0":
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):  # not glibc
+        return False
 
 
 def autocast(device: torch.device, amp: str):
@@ -109,65 +159,183 @@ class Engine:
             raise UserError(f"unknown protocol '{protocol}' (standard or cross-modal)")
         self.train_split = cache.train_split()
         self.test_split = cache.test_split()
-        self.train_src = BatchSource(self.train_split, self.device, recipe.device_resident)
-        self.test_src = BatchSource(self.test_split, self.device, recipe.device_resident)
+        # Each rank holds its own copy of a resident split: on a shared CPU host only when they all fit.
+        share = 1.0 / world if self.device.type == "cpu" else 1.0
+        self.train_src = BatchSource(self.train_split, self.device, recipe.device_resident, share=share)
+        self.test_src = BatchSource(self.test_split, self.device, recipe.device_resident, share=share)
         self.weights = sampling.balanced_weights(self.train_split.labels) if recipe.balanced_sampling else None
+        self.num_steps = cache.features.num_steps
         # Denormal floats (tiny Adam moments late in training) slow x86 CPUs by an order of magnitude.
         torch.set_flush_denormal(True)
+        if self.device.type == "cpu":
+            tune_host_allocator()
         strategy.to(self.device)
         self.step_module: nn.Module = _TrainStep(strategy)
-        if world > 1:
+
+    def wrap_step_module(self) -> nn.Module:
+        """The module ``train_step`` calls: DDP around the strategy when distributed (rebuilt per stage,
+        since a stage may freeze or unfreeze parameters), compiled when the recipe asks."""
+        module: nn.Module = _TrainStep(self.strategy)
+        if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.step_module = DistributedDataParallel(
-                self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=True)
-        self._compiled = False
+            # Parameters that require gradients but are not trainable_parameters() have their own
+            # optimizer inside training_step (vq_codes' CLUB estimators): DDP must not hook them, so
+            # each rank fits its estimator on its own share of the batch.
+            trainable = {id(p) for p in self.strategy.trainable_parameters()}
+            inner = [f"strategy.{n}" for n, p in self.strategy.named_parameters()
+                     if p.requires_grad and id(p) not in trainable]
+            if inner:
+                DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, inner)
+            module = DistributedDataParallel(
+                module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)  # UAVM leaves one modality's layers unused in every step
+        if self.recipe.compile:
+            module = torch.compile(module)
+        self.step_module = module
+        return module
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """Adam over the trainable parameters; the fused kernel (one pass over all parameters) on CPU
+        and CUDA, where the for-loop version costs several passes over ~100M parameters per step."""
+        r = self.recipe
+        params = list(self.strategy.trainable_parameters())
+        kw: dict[str, Any] = dict(lr=r.lr, betas=(r.beta1, r.beta2), weight_decay=r.weight_decay)
+        if params and self.device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params):
+            kw["fused"] = True
+        return torch.optim.Adam(params, **kw)
 
     # --- batches ----------------------------------------------------------------------------------
-    def make_batch(self, raw: dict[str, Tensor], train: bool, step: int = 0) -> Batch:
+    def draws(self, step: int, size: int, labelled: bool) -> tuple[np.ndarray | None, np.ndarray | None,
+                                                                   np.ndarray | None]:
+        """The recipe's random draws for a global batch of ``size``: (partner, lambda, shift).
+
+        Drawn in the order of ``augment.mixup`` then ``augment.random_shifts`` from a generator seeded
+        by (seed, step), so one seed gives one sequence of augmentations for any number of ranks.
+        """
+        r = self.recipe
+        rng = np.random.default_rng([self.seed, step, 0])
+        partner = lam = shift = None
+        if labelled and r.mixup_prob > 0:
+            partner = rng.integers(0, size, size)
+            lam = rng.beta(r.mixup_alpha, r.mixup_alpha, size) if r.mixup_alpha > 0 else np.ones(size)
+            lam = np.where(rng.random(size) < r.mixup_prob, lam, 1.0)
+        if r.time_roll:
+            shift = augment.random_shifts(size, self.num_steps, rng).numpy()
+        return partner, lam, shift
+
+    def plan_step(self, step: int, global_rows: np.ndarray, labelled: bool | None = None) -> StepPlan:
+        """This rank's share of a global batch, with the draws sliced to it (see StepPlan)."""
+        if labelled is None:
+            labelled = self.strategy.stage_uses_labels(self.strategy.stage)
+        glob = np.asarray(global_rows)
+        size = len(glob)
+        partner_g, lam_g, shift_g = self.draws(step, size, labelled)
+        lo, hi = distributed.shard(size, self.rank, self.world)
+        n = hi - lo
+        rows = glob[lo:hi]
+        lam = None if lam_g is None else lam_g[lo:hi]
+        shift = None if shift_g is None else shift_g[lo:hi]
+        fetch, partner = rows, None
+        if partner_g is not None:
+            p = partner_g[lo:hi]
+            if self.world == 1:
+                partner = p
+            else:
+                local = (p >= lo) & (p < hi)
+                remote = ~local & (lam < 1)  # an unmixed clip's partner has weight 0: use itself
+                ext, inv = np.unique(p[remote], return_inverse=True)
+                partner = np.where(local, p - lo, np.arange(n))
+                partner[remote] = n + inv
+                fetch = np.concatenate([rows, glob[ext]])
+        return StepPlan(rows=rows, fetch=fetch, partner=partner, lam=lam, shift=shift, global_size=size,
+                        loss_scale=n * self.world / size)
+
+    def make_batch(self, raw: dict[str, Tensor], train: bool, step: int = 0, plan: StepPlan | None = None) -> Batch:
+        """Gathered rows -> a Batch: per-step L2 norm, then (training) mixup, label smoothing, time roll.
+
+        ``plan`` comes from ``plan_step``; without one, ``raw`` is taken as a whole one-rank batch.
+        Evaluation (``train=False``) only normalises, and uses nothing but ``self.recipe``.
+        """
         r = self.recipe
         audio = raw["audio"].float()
         video = raw["video"].float()
         labels = raw["labels"]
         onsets = raw.get("onsets")
+        present, index = raw.get("present"), raw.get("index")
         if r.l2_norm:
             audio, video = augment.l2_normalize_steps(audio), augment.l2_normalize_steps(video)
-        ls = r.label_smoothing
-        if train and self.strategy.stage_uses_labels(self.strategy.stage):
-            rng = np.random.default_rng([self.seed, step, self.rank])
-            if r.mixup_prob > 0:
-                audio, video, targets, partner, lam = augment.mixup(audio, video, labels, r.mixup_prob,
-                                                                    r.mixup_alpha, ls, rng)
-                if onsets is not None:
-                    onsets = onsets | (onsets[partner] & (lam < 1)[:, None])
-            else:
-                targets = augment.smooth_targets(labels, ls)
-            if r.time_roll:
-                shift = augment.random_shifts(labels.shape[0], audio.shape[1], rng)
-                audio, video, onsets = augment.time_roll(shift, audio, video, onsets)
-        elif train and r.time_roll:
-            rng = np.random.default_rng([self.seed, step, self.rank])
-            targets = labels.float()
-            shift = augment.random_shifts(labels.shape[0], audio.shape[1], rng)
-            audio, video, onsets = augment.time_roll(shift, audio, video, onsets)
+        if not train:
+            return Batch(audio=audio, video=video, targets=labels.float(), labels=labels, present=present,
+                         onsets=onsets, index=index)
+        labelled = self.strategy.stage_uses_labels(self.strategy.stage)
+        if plan is None:
+            size = labels.shape[0]
+            partner, lam, shift = self.draws(step, size, labelled)
+            plan = StepPlan(rows=np.arange(size), fetch=np.arange(size), partner=partner, lam=lam,
+                            shift=shift, global_size=size)
+        n = len(plan.rows)
+        own = slice(0, n)
+        if plan.lam is not None:  # feature mixup: the formulas of augment.mixup, partner rows from the plan
+            dev = labels.device
+            p = to_device(plan.partner, dev)
+            lam = to_device(plan.lam.astype(np.float32), dev)
+            lab = labels.float()
+            c = lab.shape[-1]
+            ls = r.label_smoothing
+            targets = ls / c + (1 - ls) * (lam[:, None] * lab[own] + (1 - lam[:, None]) * lab[p])
+
+            def mix(x: Tensor) -> Tensor:
+                w = lam.to(x.dtype)[:, None, None]
+                return w * x[own] + (1 - w) * x[p]
+
+            audio, video = mix(audio), mix(video)
+            if onsets is not None:
+                onsets = onsets[own] | (onsets[p] & (lam < 1)[:, None])
         else:
-            targets = labels.float()
+            audio, video = audio[own], video[own]
+            onsets = None if onsets is None else onsets[own]
+            targets = augment.smooth_targets(labels[own], r.label_smoothing) if labelled else labels[own].float()
+        labels = labels[own]
+        present = None if present is None else present[own]
+        index = None if index is None else index[own]
+        if plan.shift is not None:
+            audio, video, onsets = augment.time_roll(to_device(plan.shift, audio.device), audio, video, onsets)
         # The cross-modal protocol hides one modality from supervised training only: unsupervised
         # stages (paired pretraining) see both.
-        if train and self.strategy.stage_uses_labels(self.strategy.stage):
+        if labelled:
             if self.strategy.train_modality == "audio":
                 video = None
             elif self.strategy.train_modality == "video":
                 audio = None
-        return Batch(audio=audio, video=video, targets=targets, labels=labels, present=raw.get("present"),
-                     onsets=onsets, index=raw.get("index"))
+        return Batch(audio=audio, video=video, targets=targets, labels=labels, present=present,
+                     onsets=onsets, index=index)
 
-    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
+    def global_batches(self, epoch: int) -> list[np.ndarray]:
+        """The epoch's global batches (every rank computes the same list)."""
         order = sampling.epoch_order(len(self.train_split), epoch, self.seed, self.weights)
-        return sampling.batches(order, self.recipe.batch_size, self.recipe.drop_last, self.rank, self.world)
+        glob = sampling.batches(order, self.recipe.batch_size, self.recipe.drop_last)
+        return [g for g in glob if len(g) >= self.world]  # every rank needs at least one clip
+
+    def epoch_plans(self, epoch: int, step: int) -> list[StepPlan]:
+        labelled = self.strategy.stage_uses_labels(self.strategy.stage)
+        return [self.plan_step(step + i, g, labelled) for i, g in enumerate(self.global_batches(epoch))]
 
     # --- training ---------------------------------------------------------------------------------
+    def train_step(self, batch: Batch, step: int, optimizer: torch.optim.Optimizer,
+                   loss_scale: float = 1.0) -> dict[str, Tensor]:
+        """One optimizer step: autocast forward through ``step_module``, backward, clip, update."""
+        with autocast(self.device, self.recipe.amp):
+            out = self.step_module(batch, step)
+        loss = out["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        (loss * loss_scale if loss_scale != 1.0 else loss).backward()
+        if self.recipe.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.strategy.trainable_parameters(), self.recipe.grad_clip)
+        optimizer.step()
+        self.strategy.after_optimizer_step(step)
+        return out
+
     def fit(self, resume: bool = False) -> FitResult:
         set_seed(self.seed)
         r = self.recipe
@@ -177,9 +345,6 @@ class Engine:
             state = load_checkpoint(self.checkpoint_path, self.strategy)
             result.history = state["history"]
             result.resumed_from_epoch = len(result.history)
-        if r.compile and not self._compiled:
-            self.step_module = torch.compile(self.step_module)
-            self._compiled = True
         stages = self.strategy.stages
         global_epoch = 0
         global_step = 0
@@ -187,8 +352,8 @@ class Engine:
         for stage_index, stage in enumerate(stages):
             self.strategy.begin_stage(stage)
             n_epochs = self.strategy.stage_epochs(stage, r.epochs)
-            optimizer = torch.optim.Adam(list(self.strategy.trainable_parameters()), lr=r.lr,
-                                         betas=(r.beta1, r.beta2), weight_decay=r.weight_decay)
+            optimizer = self.make_optimizer()
+            wrapped = False
             for epoch in range(n_epochs):
                 if state is not None and global_epoch < state["global_epoch"]:
                     if global_epoch == state["global_epoch"] - 1:  # the last finished epoch
@@ -197,6 +362,9 @@ class Engine:
                         restore_rng(state["rng"])
                     global_epoch += 1
                     continue
+                if not wrapped:
+                    self.wrap_step_module()
+                    wrapped = True
                 for group in optimizer.param_groups:
                     group["lr"] = r.lr * (r.lr_decay ** epoch)
                 t0 = time.perf_counter()
@@ -234,33 +402,29 @@ class Engine:
         from tqdm.auto import tqdm
 
         self.strategy.train()
-        index_batches = self._epoch_batches(epoch)
+        plans = self.epoch_plans(epoch, step)
         sums: dict[str, Tensor] = {}
         n_clips = 0
-        bar = tqdm(total=len(index_batches), desc=f"epoch {epoch + 1} [{stage}]", unit="step",
+        bar = tqdm(total=len(plans), desc=f"epoch {epoch + 1} [{stage}]", unit="step",
                    disable=not self.progress, leave=False, dynamic_ncols=True)
-        for raw in self.train_src.iterate(index_batches):
-            batch = self.make_batch(raw, train=True, step=step)
-            with autocast(self.device, self.recipe.amp):
-                out = self.step_module(batch, step)
-            loss = out["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.recipe.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.strategy.trainable_parameters(), self.recipe.grad_clip)
-            optimizer.step()
-            self.strategy.after_optimizer_step(step)
+        for plan, raw in zip(plans, self.train_src.iterate([p.fetch for p in plans])):
+            batch = self.make_batch(raw, train=True, step=step, plan=plan)
+            out = self.train_step(batch, step, optimizer, plan.loss_scale)
             for k, v in out.items():  # accumulate on the device: no host sync per step
                 if isinstance(v, Tensor) and v.dim() == 0:
                     sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v.detach().float()
-            n_clips += batch.size * self.world
+            n_clips += plan.global_size
             step += 1
             bar.update(1)
             if self.progress and step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                bar.set_postfix(loss=f"{out['loss'].item():.4f}")
         bar.close()
-        steps = max(1, len(index_batches))
-        stats = {f"train/{k}": float(v) / steps for k, v in sums.items()}
+        steps = max(1, len(plans))
+        local = {k: float(v) / steps for k, v in sums.items()}
+        if self.world > 1:  # the logged epoch means are over all ranks (equal shares: mean of means)
+            gathered = distributed.all_gather_objects(local)
+            local = {k: float(np.mean([g[k] for g in gathered if k in g])) for k in local}
+        stats = {f"train/{k}": v for k, v in local.items()}
         return stats, n_clips, step
 
     # --- evaluation -------------------------------------------------------------------------------
@@ -287,9 +451,11 @@ class Engine:
         heads: dict[str, list[np.ndarray]] = {}
         labels = []
         want_heads = self.strategy.capabilities.heads
+        # Each rank predicts its contiguous share of the test set; the shares are gathered in rank order.
+        lo, hi = distributed.shard(n, self.rank, self.world)
         synchronize(self.device)
         t0 = time.perf_counter()
-        for raw in self.test_src.iterate([np.arange(s, min(n, s + bs)) for s in range(0, n, bs)]):
+        for raw in self.test_src.iterate([np.arange(s, min(hi, s + bs)) for s in range(lo, hi, bs)]):
             b = self.make_batch(raw, train=False)
             with autocast(self.device, self.recipe.amp):
                 for c in cols:
@@ -302,6 +468,11 @@ class Engine:
             labels.append(b.labels.cpu().numpy())
         synchronize(self.device)
         dt = time.perf_counter() - t0
+        if self.world > 1:
+            parts = distributed.all_gather_objects((logits, heads, labels))
+            logits = {c: [x for part in parts for x in part[0][c]] for c in cols}
+            heads = {k: [x for part in parts for x in part[1].get(k, [])] for k in parts[0][1]}
+            labels = [x for part in parts for x in part[2]]
         lab = np.concatenate(labels) if labels else np.zeros((0, self.strategy.task.num_classes))
         out_logits = {c: np.concatenate(v) for c, v in logits.items()}
         metrics: dict[str, float] = {}
@@ -314,7 +485,8 @@ class Engine:
             elif not self.strategy.capabilities.embeddings:
                 skipped["retrieval"] = self.strategy.capabilities.why_not("embeddings")
         return EvalResult(metrics=metrics, logits=out_logits, heads={k: np.concatenate(v) for k, v in heads.items()},
-                          labels=lab, skipped=skipped, clips_per_s=n * max(1, len(cols)) / dt if dt > 0 else float("nan"))
+                          labels=lab, skipped=skipped,
+                          clips_per_s=n * max(1, len(cols)) / dt if dt > 0 else float("nan"))
 
     def _retrieval(self, labels: np.ndarray) -> dict[str, float]:
         """A->V and V->A on the stratified subset, with the last layer's mean-pooled representations."""

@@ -1,0 +1,75 @@
+"""Modality-classification probe per layer (UAVM Fig. 3A-C).
+
+Can a linear classifier tell from a layer's time-pooled representation whether the input was audio
+or video? UAVM's answer: yes, perfectly, in the modality-specific layers; much less from the first
+shared layer on, when the shared width is small. As in the reference: an L1 logistic regression
+(``liblinear``, ``random_state=0``) trained on the first half of the test clips (both their audio and
+their video representations) and tested on the second half. The coefficients, sorted by magnitude,
+show whether a few dimensions carry the modality (Fig. 3C): ``top_share`` is the largest
+coefficient's share of the total absolute weight.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Mapping
+
+import numpy as np
+
+
+def l1_logistic_regression():
+    """``LogisticRegression(penalty='l1', solver='liblinear', random_state=0)``, the reference probe.
+
+    scikit-learn 1.8 deprecated ``penalty`` in favour of ``l1_ratio`` (``l1_ratio=1`` is the same L1
+    model, same coefficients); use whichever spelling the installed version wants.
+    """
+    import sklearn
+    from sklearn.linear_model import LogisticRegression
+
+    major, minor = (int(x) for x in sklearn.__version__.split(".")[:2])
+    if (major, minor) >= (1, 8):
+        return LogisticRegression(l1_ratio=1.0, solver="liblinear", random_state=0)
+    return LogisticRegression(penalty="l1", solver="liblinear", random_state=0)
+
+
+def probe_layer(audio: np.ndarray, video: np.ndarray) -> dict[str, object]:
+    """``audio``/``video``: ``[N, D]`` paired rows (row i = clip i). Needs N >= 4."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    a = np.asarray(audio, dtype=np.float64)
+    v = np.asarray(video, dtype=np.float64)
+    n = len(a)
+    half = n // 2
+    x_tr = np.concatenate([a[:half], v[:half]])
+    y_tr = np.r_[np.zeros(half), np.ones(half)]
+    x_te = np.concatenate([a[half:], v[half:]])
+    y_te = np.r_[np.zeros(n - half), np.ones(n - half)]
+    clf = l1_logistic_regression()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(x_tr, y_tr)
+    coef = clf.coef_[0]
+    mags = np.sort(np.abs(coef))[::-1]
+    total = float(mags.sum())
+    return {"acc": float(clf.score(x_te, y_te)), "train_acc": float(clf.score(x_tr, y_tr)),
+            "coef_sorted": mags.tolist(), "top_share": float(mags[0] / total) if total > 0 else 0.0,
+            "nonzero": int((mags > 0).sum()), "dim": int(a.shape[1])}
+
+
+def modality_probe(audio: Mapping[str, np.ndarray], video: Mapping[str, np.ndarray]) -> dict[str, object]:
+    """Probe every layer; ``{"layers": [...], "per_layer": {layer: {...}}, "skipped": {layer: why}}``."""
+    layers, per_layer, skipped = [], {}, {}
+    for name in audio:
+        a, v = audio[name], video.get(name)
+        if v is None:
+            skipped[name] = "no video representation at this layer"
+            continue
+        if a.shape != v.shape:
+            skipped[name] = f"audio {a.shape[1:]} and video {v.shape[1:]} representations differ in width"
+            continue
+        if len(a) < 4:
+            skipped[name] = f"{len(a)} clips are too few to split in halves"
+            continue
+        layers.append(name)
+        per_layer[name] = probe_layer(a, v)
+    return {"layers": layers, "per_layer": per_layer, "skipped": skipped}

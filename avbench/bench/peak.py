@@ -1,0 +1,135 @@
+"""What the device can do, measured in the same run: the dense matmul rate per precision (the MFU
+denominator) and peak memory (``max_memory_allocated`` on CUDA, peak RSS on CPU).
+
+Vendor peak numbers are not what a 2-core VM slice or a power-capped GPU delivers; a square matmul
+timed here is, and it moves with the host's load exactly as the model's step time does.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def matmul_rate(device: torch.device | str, precision: str, n: int | None = None, min_seconds: float = 0.25,
+                windows: int = 3) -> float:
+    """Best-of-``windows`` FLOP/s of an n x n @ n x n matmul in ``precision`` (bf16, fp16, fp32)."""
+    from avbench.bench.timing import synchronize
+
+    device = torch.device(device)
+    dtype = DTYPES[precision]
+    if n is None:
+        n = 8192 if device.type == "cuda" else 2048
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    flops = 2.0 * n ** 3
+    torch.mm(a, b)  # warm-up (kernel selection, allocation)
+    synchronize(device)
+    t = time.perf_counter()
+    torch.mm(a, b)
+    synchronize(device)
+    one = max(time.perf_counter() - t, 1e-6)
+    reps = max(1, int(min_seconds / one))
+    best = 0.0
+    for _ in range(windows):
+        synchronize(device)
+        t = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b)
+        synchronize(device)
+        best = max(best, reps * flops / (time.perf_counter() - t))
+    return best
+
+
+class RateProbe:
+    """A short matmul-rate sample per precision, taken between timed steps on a shared CPU.
+
+    The MFU denominator is then the median rate seen while the model was being timed, not a rate from
+    a quieter (or busier) moment before or after. Two n x n matmuls per sample, best of the two.
+    """
+
+    def __init__(self, device: torch.device | str, precisions: list[str], n: int | None = None):
+        self.device = torch.device(device)
+        n = n or (8192 if self.device.type == "cuda" else 2048)
+        self.n = n
+        gen = torch.Generator(device="cpu").manual_seed(1)
+        self.mats = {p: (torch.randn(n, n, generator=gen).to(self.device, DTYPES[p]),
+                         torch.randn(n, n, generator=gen).to(self.device, DTYPES[p])) for p in precisions}
+        self.samples: dict[str, list[float]] = {p: [] for p in precisions}
+
+    def sample(self) -> None:
+        from avbench.bench.timing import synchronize
+
+        for p, (a, b) in self.mats.items():
+            best = 0.0
+            for _ in range(2):
+                synchronize(self.device)
+                t = time.perf_counter()
+                torch.mm(a, b)
+                synchronize(self.device)
+                best = max(best, 2.0 * self.n ** 3 / max(time.perf_counter() - t, 1e-9))
+            self.samples[p].append(best)
+
+    def median(self, precision: str) -> float | None:
+        s = sorted(self.samples.get(precision) or [])
+        return s[len(s) // 2] if s else None
+
+
+class PeakMemory:
+    """Peak memory over a window: ``reset()`` at its start, ``read()`` at its end (bytes).
+
+    CPU: the process's peak RSS (VmHWM), reset through /proc/self/clear_refs where Linux allows it;
+    otherwise ``ru_maxrss`` (peak since the process started: ``kind`` says which).
+    """
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            self.kind = "max_memory_allocated"
+        else:
+            self.kind = "peak_rss" if _can_reset_rss() else "peak_rss_since_start"
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.kind == "peak_rss":
+            Path("/proc/self/clear_refs").write_text("5")
+
+    def read(self) -> int:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return int(torch.cuda.max_memory_allocated(self.device))
+        if self.kind == "peak_rss":
+            return _status_kib("VmHWM") * 1024
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def current_rss() -> int:
+    try:
+        return _status_kib("VmRSS") * 1024
+    except (OSError, ValueError):
+        return 0
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise ValueError(f"{field} not in /proc/self/status")
+
+
+def _can_reset_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        _status_kib("VmHWM")
+        return True
+    except (OSError, ValueError):
+        return False

@@ -1,0 +1,95 @@
+"""``avbench sweep``: every grid point of one or more strategies into MLflow, resumable.
+
+Axes (``--grid``, repeatable; the points are their Cartesian product)::
+
+    --grid "s_dim=16,64,256,1024"                       one key
+    --grid "n_specific,n_shared=6,0;3,3;0,6"            zipped keys: tuples split by ';'
+    --grid "n_shared=0,3,6" --tie "n_specific=6-n_shared"   a key derived by arithmetic
+
+Finished seeds are skipped, so rerunning the same command resumes it; failed points are listed at
+the end (exit code 1) without stopping the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="run strategies over a parameter grid (resumable)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--strategy", required=True, help="comma-separated strategy names (avbench list)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="dataset card name")
+    src.add_argument("--cache", help="path of a feature cache")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2 | K1,K2=A1,A2;B1,B2",
+                   help="a swept axis; repeatable")
+    p.add_argument("--tie", action="append", default=[], metavar="KEY=EXPR",
+                   help="a key computed from swept keys, e.g. n_specific=6-n_shared; repeatable")
+    p.add_argument("--seeds", default="0", help="comma-separated integer seeds (default 0)")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="fixed settings for every point (as in avbench run)")
+    p.add_argument("--name", help="sweep name used by the report (default: the swept keys joined by '-')")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--cache-root", help="where generated dataset caches live")
+    p.add_argument("--dry-run", action="store_true", help="print the points and exit")
+    p.add_argument("--no-save-model", action="store_true", help="do not log model weights to MLflow")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--output-json", help="write every point's status and summary here")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from avbench import config as cfgmod
+    from avbench import runner
+    from avbench import sweep as sw
+    from avbench.errors import UserError
+    from avbench.report.console import fmt_mean_std
+
+    strategies = [s.strip() for s in args.strategy.split(",") if s.strip()]
+    if not strategies:
+        raise UserError("--strategy is empty")
+    grid = sw.parse_grid(args.grid, args.tie)
+    name = sw.check_name(args.name or sw.default_name(grid))
+    points = grid.points()
+    seeds = runner.parse_seeds(args.seeds)
+    print(f"sweep '{name}': {len(strategies)} strategy(ies) x {len(points)} point(s) x {len(seeds)} seed(s)")
+    if args.dry_run:
+        for s in strategies:
+            for pt in points:
+                print(f"  {s}: {sw.format_point(pt)}")
+        return 0
+    req = sw.SweepRequest(strategies=strategies, grid=grid, seeds=seeds, dataset=args.dataset,
+                          cache=args.cache, epochs=args.epochs, overrides=cfgmod.parse_pairs(args.overrides),
+                          results_dir=args.results_dir, device=args.device, name=name, cache_root=args.cache_root,
+                          progress=not args.no_progress, save_model=not args.no_save_model)
+
+    def on_point(i: int, total: int, r: sw.PointResult) -> None:
+        extra = f": {r.error}" if r.error else ""
+        print(f"[{i}/{total}] {r.strategy} {sw.format_point(r.point)}: {r.status}{extra}", flush=True)
+
+    results = sw.run_sweep(req, on_point=on_point)
+    rows = []
+    for r in results:
+        s = (r.summary or {}).get("summary", {})
+        primary = (r.summary or {}).get("primary_metric", "")
+        rows.append([r.strategy, sw.format_point(r.point), r.status]
+                    + [fmt_mean_std(s.get(f"{c}/{primary}")) for c in ("audio", "video", "fusion")])
+    print()
+    print(tabulate(rows, headers=["strategy", "point", "status", "Audio", "Video", "Fusion"], tablefmt="github"))
+    failed = [r for r in results if r.status == "failed"]
+    if args.output_json:
+        runner.write_json(args.output_json, {"name": name, "points": [
+            {"strategy": r.strategy, "point": r.point, "status": r.status, "error": r.error,
+             "parent_run_id": (r.summary or {}).get("parent_run_id"),
+             "summary": (r.summary or {}).get("summary")} for r in results]})
+    if failed:
+        print(f"\n{len(failed)} of {len(results)} point(s) failed:")
+        for r in failed:
+            print(f"  {r.strategy} {sw.format_point(r.point)}: {r.error}")
+        return 1
+    return 0

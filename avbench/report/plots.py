@@ -1,0 +1,274 @@
+"""Matplotlib figures (Agg backend, PNG) for analyses and reports.
+
+Every figure is drawn from plain data (the JSON an analysis logs, or aggregated rows), so the report
+can redraw any run's picture without touching the model. PNGs are written without a timestamp or
+software tag, so the same data gives the same bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+DPI = 100
+_TAB20 = ["#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#d62728", "#ff9896", "#9467bd",
+          "#c5b0d5", "#8c564b", "#c49c94", "#e377c2", "#f7b6d2", "#7f7f7f", "#c7c7c7", "#bcbd22", "#dbdb8d",
+          "#17becf", "#9edae5"]  # matplotlib's tab20
+AUDIO_COLOR = "#d62728"  # UAVM Fig. 3D: audio red, video blue
+VIDEO_COLOR = "#1f77b4"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.max_open_warning": 0, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3})
+    return plt
+
+
+def save(fig: Any, path: str | Path) -> Path:
+    plt = _plt()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI, metadata={"Software": None}, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+@dataclass
+class Series:
+    """One line: ``mean[i]`` at ``x[i]`` with an optional ``std`` band (over seeds)."""
+
+    label: str
+    x: Sequence[Any]
+    mean: Sequence[float]
+    std: Sequence[float] | None = None
+    style: dict[str, Any] = field(default_factory=dict)
+
+
+def lines(series: list[Series], path: str | Path, *, title: str = "", xlabel: str = "", ylabel: str = "",
+          categorical: bool = False, percent: bool = False, log_x: bool = False, ax_title: str = "") -> Path:
+    """Lines with std bands; ``categorical`` x (layer names) share positions in first-seen order."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    _draw_lines(ax, series, categorical=categorical, percent=percent, log_x=log_x)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(ax_title or title)
+    if len(series) > 1 or (series and series[0].label):
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return save(fig, path)
+
+
+def _draw_lines(ax: Any, series: list[Series], *, categorical: bool, percent: bool, log_x: bool) -> None:
+    order: list[Any] = []
+    if categorical:
+        for s in series:
+            for x in s.x:
+                if x not in order:
+                    order.append(x)
+    scale = 100.0 if percent else 1.0
+    many = len(series) > 10  # past the default cycle: 20 distinct colours, alternating dashes
+    for i, s in enumerate(series):
+        xs = np.array([order.index(x) for x in s.x]) if categorical else np.asarray(s.x, dtype=float)
+        m = np.asarray(s.mean, dtype=float) * scale
+        style = {"color": _TAB20[(2 * i) % 20 + (i // 10) % 2], "ls": "-" if i % 2 == 0 else "--"} if many else {}
+        ax.plot(xs, m, marker="o", markersize=3, label=s.label, **{**style, **s.style})
+        if s.std is not None:
+            sd = np.nan_to_num(np.asarray(s.std, dtype=float)) * scale
+            if np.any(sd > 0):
+                ax.fill_between(xs, m - sd, m + sd, alpha=0.2, color=ax.lines[-1].get_color())
+    if categorical:
+        ax.set_xticks(range(len(order)))
+        ax.set_xticklabels([str(o) for o in order], rotation=45 if len(order) > 6 else 0, fontsize=7)
+    if log_x:
+        ax.set_xscale("log", base=2)
+        ticks = sorted({float(x) for s in series for x in s.x})
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+
+
+def panels(groups: list[tuple], path: str | Path, *, xlabel: str = "", ylabel: str = "",
+           categorical: bool = False, percent: bool = False, log_x: bool = False, title: str = "") -> Path:
+    """Several line plots side by side (e.g. Audio / Video / Fusion, or one per perturbation).
+
+    A group is ``(title, series)`` or ``(title, series, percent)`` to override ``percent`` for that
+    panel (a panel then labels its own y axis when it differs from the first)."""
+    plt = _plt()
+    n = max(1, len(groups))
+    fig, axes = plt.subplots(1, n, figsize=(3.4 * n + 0.6, 3.4), squeeze=False)
+    for ax, group in zip(axes[0], groups):
+        name, series = group[0], group[1]
+        pct = group[2] if len(group) > 2 else percent
+        _draw_lines(ax, series, categorical=categorical, percent=pct, log_x=log_x)
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        if pct != percent:
+            ax.set_ylabel("%" if pct else "value")
+    axes[0][0].set_ylabel(ylabel)
+    seen: dict[str, Any] = {}
+    for ax in axes[0]:  # one legend for all panels, outside them, so no line is hidden
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab and not lab.startswith("_"):
+                seen.setdefault(lab, h)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 0.95))
+    if title:
+        fig.suptitle(title)
+    return save(fig, path)
+
+
+@dataclass
+class Point:
+    label: str
+    x: float
+    y: float
+    xerr: float = 0.0
+    yerr: float = 0.0
+
+
+def scatter(points: list[Point], path: str | Path, *, xlabel: str, ylabel: str, title: str = "",
+            log_x: bool = False, percent: bool = True) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    scale = 100.0 if percent else 1.0
+    for p in points:
+        ax.errorbar([p.x], [p.y * scale], xerr=[p.xerr] if p.xerr else None, yerr=[p.yerr * scale] if p.yerr else None,
+                    fmt="o", markersize=4, capsize=2)
+        ax.annotate(p.label, (p.x, p.y * scale), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return save(fig, path)
+
+
+def tsne_grid(result: dict[str, Any], path: str | Path, title: str = "") -> Path | None:
+    layers = result.get("layers") or []
+    if not layers:
+        return None
+    plt = _plt()
+    n = result["n"]
+    cols = min(4, len(layers))
+    rows = int(np.ceil(len(layers) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.4 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, layer in zip(axes.flat, layers):
+        c = np.asarray(result["coords"][layer])
+        ax.axis("on")
+        ax.grid(False)
+        ax.scatter(c[:n, 0], c[:n, 1], s=4, c=AUDIO_COLOR, label="audio")
+        ax.scatter(c[n:, 0], c[n:, 1], s=4, c=VIDEO_COLOR, label="video")
+        ax.set_title(layer, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes.flat[0].legend(fontsize=6, loc="best")
+    fig.suptitle(title or "t-SNE: audio (red) and video (blue) representations", fontsize=9)
+    return save(fig, path)
+
+
+def attention_heatmap(heat: dict[str, Any], path: str | Path, title: str = "") -> Path:
+    plt = _plt()
+    a = np.asarray(heat["audio"])
+    v = np.asarray(heat["video"])
+    vmin, vmax = float(min(a.min(), v.min())), float(max(a.max(), v.max()))  # shared scale, full contrast
+    fig, axes = plt.subplots(2, 1, figsize=(6.0, 0.5 * a.shape[0] * 2 + 1.4), squeeze=False)
+    for ax, (name, m) in zip(axes[:, 0], (("audio input", a), ("video input", v))):
+        im = ax.imshow(m, aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.grid(False)
+        ax.set_ylabel(f"{name}\nhead")
+        ax.set_yticks(range(m.shape[0]))
+    axes[-1, 0].set_xlabel("time step (attention received, mean over queries)")
+    fig.colorbar(im, ax=axes[:, 0].tolist(), shrink=0.8)
+    fig.suptitle(title or f"{heat.get('layer', '')} attention, clip {heat.get('clip_id', '')}", fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def analysis_figure(what: str, result: dict[str, Any] | None, title: str, path: str | Path) -> bool:
+    """The picture of one run's analysis (logged next to its JSON). False when there is none."""
+    if not result:
+        return False
+    per_layer = result.get("per_layer", {})
+    if what == "probe" and result.get("layers"):
+        layers = result["layers"]
+        plt = _plt()
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.0, 3.4))
+        ax1.plot(range(len(layers)), [100 * per_layer[k]["acc"] for k in layers], marker="o")
+        ax1.set_xticks(range(len(layers)))
+        ax1.set_xticklabels(layers, rotation=45, fontsize=7)
+        ax1.set_ylabel("modality probe accuracy (%)")
+        ax1.set_ylim(40, 102)
+        for k in layers:
+            coef = np.asarray(per_layer[k]["coef_sorted"])
+            ax2.plot(np.arange(1, len(coef) + 1), coef, label=k)
+        ax2.set_xscale("log")
+        ax2.set_xlabel("coefficient rank")
+        ax2.set_ylabel("|coefficient|")
+        ax2.legend(fontsize=6)
+        fig.suptitle(title, fontsize=9)
+        save(fig, path)
+        return True
+    if what == "retrieval" and result.get("layers"):
+        layers = result["layers"]
+        groups = [(f"{d} R@{r}", [Series("", layers, [per_layer[k][f"{d}_R@{r}"] for k in layers])])
+                  for d in ("a2v", "v2a") for r in (1, 5)]
+        panels(groups, path, categorical=True, percent=True, ylabel="recall (%)", title=title)
+        return True
+    if what == "attention" and result.get("layers"):
+        layers = result["layers"]
+        plt = _plt()
+        fig = plt.figure(figsize=(9.0, 3.4))
+        ax1 = fig.add_subplot(1, 2, 1)
+        ax1.plot(range(len(layers)), [per_layer[k]["mae"] for k in layers], marker="o", label="paired A vs V")
+        ax1.plot(range(len(layers)), [per_layer[k]["mae_unpaired"] for k in layers], marker="x", ls="--",
+                 label="unpaired control")
+        ax1.set_xticks(range(len(layers)))
+        ax1.set_xticklabels(layers, rotation=45, fontsize=7)
+        ax1.set_ylabel("attention map MAE")
+        ax1.legend(fontsize=7)
+        heat = result["heatmap"]
+        for j, side in enumerate(("audio", "video")):
+            ax = fig.add_subplot(2, 2, 2 + 2 * j)
+            ax.imshow(np.asarray(heat[side]), aspect="auto", cmap="viridis", interpolation="nearest")
+            ax.grid(False)
+            ax.set_ylabel(f"{side}\nhead", fontsize=7)
+        fig.suptitle(f"{title}; heatmap: {heat['layer']}, clip {heat['clip_id']}", fontsize=9)
+        save(fig, path)
+        return True
+    if what == "tsne":
+        return tsne_grid(result, path, title) is not None
+    if what == "robustness" and result.get("curves"):
+        groups = []
+        for name, c in result["curves"].items():
+            s = [Series("this run", c["levels"], c["values"])]
+            if c.get("baseline_values"):
+                s.append(Series(f"baseline ({result.get('baseline')})", c["levels"], c["baseline_values"],
+                                style={"ls": "--"}))
+            groups.append((name, s))
+        panels(groups, path, percent=True, xlabel="level", ylabel=f"fused {result.get('primary', '')} (%)", title=title)
+        return True
+    if what == "event-types" and result.get("heads"):
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(6.0, 3.2))
+        heads = result["heads"]
+        ax.bar(range(len(heads)), [result["clip_share"][h] for h in heads])
+        ax.set_xticks(range(len(heads)))
+        ax.set_xticklabels(heads)
+        ax.set_ylabel("share of clips assigned")
+        ax.set_title(title, fontsize=9)
+        save(fig, path)
+        return True
+    return False

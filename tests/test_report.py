@@ -1,0 +1,228 @@
+"""Significance logic on known values, and ``avbench report`` from a temporary MLflow DB of real runs."""
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from avbench.cli import main
+from avbench.metrics.stats import mean_std_ci
+from avbench.report import significance as sig
+from helpers import TINY_SETS
+
+
+# --- confidence intervals and significance ----------------------------------------------------------
+def test_t_interval_over_seeds_on_known_values():
+    s = mean_std_ci([0.80, 0.81, 0.82])
+    assert s["mean"] == pytest.approx(0.81) and s["std"] == pytest.approx(0.01)
+    half = 4.302652729911275 * 0.01 / math.sqrt(3)  # t(0.975, df=2)
+    assert s["ci_low"] == pytest.approx(0.81 - half) and s["ci_high"] == pytest.approx(0.81 + half)
+    assert math.isnan(mean_std_ci([0.5])["ci_low"])
+
+
+def test_ci_overlap_on_known_intervals():
+    a = mean_std_ci([0.80, 0.81, 0.82])  # 0.785 .. 0.835
+    b = mean_std_ci([0.90, 0.91, 0.92])
+    c = mean_std_ci([0.82, 0.83, 0.84])  # 0.805 .. 0.855: overlaps a
+    assert sig.ci_overlap(a, b) is False and sig.ci_overlap(a, c) is True
+    assert sig.ci_overlap(a, mean_std_ci([0.9])) is None
+    v = sig.compare(b, a)
+    assert (v.sign, v.by, v.mark) == (1, "ci", ">>") and sig.pretty(v.mark) == "≫"
+    assert sig.compare(a, b).mark == "<<"
+    assert sig.compare(a, c).mark == "="  # overlapping, no per-clip scores: nothing called
+    assert sig.compare(a, mean_std_ci([0.9])).mark == "n/a"
+
+
+def _scores(correct: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Scores whose argmax is the true class where ``correct`` and another class elsewhere."""
+    n, c = labels.shape
+    truth = labels.argmax(1)
+    pred = np.where(correct, truth, (truth + 1) % c)
+    s = np.zeros((n, c))
+    s[np.arange(n), pred] = 1.0
+    return s
+
+
+def test_paired_bootstrap_on_known_differences():
+    rng = np.random.default_rng(0)
+    n, c = 400, 5
+    labels = np.eye(c, dtype=np.uint8)[rng.integers(0, c, n)]
+    base = rng.random(n) < 0.6
+    a = {s: _scores(base, labels) for s in (0, 1, 2)}
+    same = sig.paired_bootstrap(a, {s: v.copy() for s, v in a.items()}, labels)
+    assert same["diff"] == 0.0 and not same["significant"] and same["p"] == 1.0
+    # B is A with 10% of the clips turned wrong: A is better by exactly that share of A's hits.
+    worse = base & (rng.random(n) >= 0.1)
+    b = {s: _scores(worse, labels) for s in (0, 1, 2)}
+    r = sig.paired_bootstrap(a, b, labels)
+    assert r["diff"] == pytest.approx((base.sum() - worse.sum()) / n)
+    assert r["significant"] and r["ci_low"] > 0 and r["p"] < 0.01 and r["seeds"] == [0, 1, 2]
+    # Seed matching: seeds the two share only; none shared -> no test.
+    assert sig.paired_bootstrap({0: a[0]}, {1: b[1]}, labels) is None
+    # mAP: fewer resamples by default; the numpy AP equals the metrics module's (sklearn's), ties included.
+    m = sig.paired_bootstrap(a, b, labels, primary="mAP")
+    assert m["n_boot"] == 200 and m["diff"] > 0 and m["significant"]
+    from avbench.metrics.classification import mean_average_precision
+
+    multi = (rng.random((n, c)) < 0.3).astype(np.uint8)
+    noisy = np.round(rng.random((n, c)) + 0.5 * multi, 1)  # rounded: many tied scores
+    for lab, sc in ((labels, a[0]), (multi, noisy), (multi[:50], noisy[:50])):
+        assert sig.mean_ap(sc, lab) == pytest.approx(mean_average_precision(sc, lab), abs=1e-12)
+    # Overlapping CIs but a clear paired difference: called by the bootstrap ("> / <").
+    sa, sb = mean_std_ci([0.60, 0.62, 0.58]), mean_std_ci([0.55, 0.60, 0.56])
+    assert sig.ci_overlap(sa, sb) is True
+    v = sig.compare(sa, sb, a, b, labels)
+    assert v.mark == ">" and v.by == "bootstrap"
+
+
+# --- the report from real runs ------------------------------------------------------------------------
+def _run(results, strategy, seeds, *sets, epochs=1, save=True):
+    args = ["run", "--strategy", strategy, "--dataset", "synth", "--seeds", seeds, "--epochs", str(epochs),
+            "--results-dir", str(results), "--no-progress"] + ([] if save else ["--no-save-model"])
+    for s in TINY_SETS + list(sets):
+        args += ["--set", s]
+    assert main(args) == 0
+
+
+UAVM = ("embed_dim=16", "n_specific=1", "n_shared=1")
+
+
+def make_runs(results):
+    _run(results, "uavm", "0,1", *UAVM, epochs=2)
+    _run(results, "late_fusion", "0,1")
+    _run(results, "cross_attention", "0", *UAVM, save=False)
+    args = ["sweep", "--strategy", "uavm", "--dataset", "synth", "--grid", "s_dim=4,8", "--seeds", "0",
+            "--epochs", "1", "--results-dir", str(results), "--no-progress"]
+    for s in TINY_SETS + list(UAVM):
+        args += ["--set", s]
+    assert main(args) == 0
+    common = ["--results-dir", str(results), "--no-plots"]
+    for parent in _parents(results, "uavm", sweep=True):
+        assert main(["analyze", "--run", parent, "--what", "probe,retrieval"] + common) == 0
+    for parent in _parents(results, "uavm", sweep=False):
+        assert main(["analyze", "--run", parent, "--what", "probe,retrieval,attention,tsne",
+                     "--tsne-per-class", "2", "--attention-clips", "8"] + common) == 0
+        assert main(["analyze", "--run", parent, "--what", "robustness", "--noise-levels", "0,0.5,1",
+                     "--shift-levels", "0,0.5", "--seeds", "0"] + common) == 0
+    assert main(["analyze", "--dataset", "synth", "--strategy", "cross_attention,late_fusion",
+                 "--what", "probe,attention"] + common) == 0
+
+
+def _parents(results, strategy, sweep):
+    from avbench.tracking import Tracker
+
+    tr = Tracker(results)
+    out = []
+    for r in tr.client.search_runs([tr.experiment_id("synth")], filter_string="tags.`avbench.kind` = 'parent'"):
+        if r.data.params.get("strategy") == strategy and ("avbench.created_by" in r.data.tags) == sweep:
+            out.append(r.info.run_id)
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    import os
+
+    root = tmp_path_factory.mktemp("report")
+    os.environ["AVBENCH_CACHE_DIR"] = str(root / "cache")
+    try:
+        make_runs(root / "results")
+    finally:
+        del os.environ["AVBENCH_CACHE_DIR"]
+    return root / "results"
+
+
+def _table(md: str, header_start: str) -> list[list[str]]:
+    lines = md.splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[i:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split(" | ")])
+    return [rows[0]] + rows[2:]
+
+
+@pytest.mark.slow
+def test_report_has_table_marks_plots_and_lists_what_is_missing(results, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["report", "--dataset", "synth", "--out", str(out), "--results-dir", str(results)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    md = (out / "report.md").read_text()
+    table = _table(md, "| # | strategy")
+    head, body = table[0], table[1:]
+    assert head[:9] == ["#", "strategy", "config", "protocol", "metric", "seeds", "Audio", "Video", "Fusion"]
+    assert {"params", "train clips/s", "infer clips/s"} <= set(head)
+    by_name = {r[1]: r for r in body}
+    assert set(by_name) == {"uavm", "late_fusion", "cross_attention"}  # sweep points are listed separately
+    fusion = head.index("Fusion")
+    assert re.match(r"^\d+\.\d\d ± \d+\.\d\d \(-?\d+\.\d\d–\d+\.\d\d\)", by_name["uavm"][fusion])
+    assert by_name["cross_attention"][head.index("Audio")] == "-"
+    assert re.match(r"^\d+\.\d\d \(1 seed\)", by_name["cross_attention"][fusion])
+    assert sum("★" in c for r in body for c in r) >= 2  # a best row per column with 2+ rows
+    # The marks are explained, and pairwise matrices use them.
+    assert "★ is the column's best row" in md and "≫ / ≪" in md and "seed-matched paired bootstrap" in md
+    pair = _table(md, "| row vs column")
+    assert all(c in {"", "≫", "≪", ">", "<", "=", "n/a"} for r in pair[1:] for c in r[1:])
+    assert "Sweep points" in md and "Sweep `s_dim`" in md
+
+    figs = {p.name for p in (out / "figures").iterdir()}
+    for name in ("sweep_s_dim.png", "sweep_s_dim_analyses.png", "probe_per_layer.png", "retrieval_per_layer.png",
+                 "attention_per_layer.png", "robustness_curves.png", "probe_coefficients.png",
+                 "cost_train_clips_per_s.png", "cost_parameters.png"):
+        assert name in figs, name
+        assert f"(figures/{name})" in md
+    assert any(re.match(r"tsne_\d+\.png", f) for f in figs) and any(re.match(r"attention_\d+\.png", f) for f in figs)
+    # Missing pieces are listed, not dropped.
+    missing = md.split("## Missing pieces", 1)[1]
+    assert "registered strategies without a finished run on synth:" in missing and "vq_codes" in missing
+    assert "cross_attention" in missing and "1 seed, so no confidence interval" in missing
+    assert "no Audio column (joint attention" in missing
+    assert "event-types: not run for any row" in missing
+    assert "cross_attention: probe, attention skipped: its joint layers mix both modalities" in md  # with its reason
+
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(figs)
+    assert 'src="figures/' not in page and "<table>" in page and "★" in page
+
+
+@pytest.mark.slow
+def test_regeneration_is_identical(results, tmp_path):
+    """Training is deterministic per seed (test_cli) and so are analyses (test_analysis); here: the
+    report is a deterministic function of what MLflow holds, down to the PNG bytes."""
+    from avbench.report.document import build_report
+    from avbench.tracking import Tracker
+
+    a = build_report(Tracker(results), "synth", tmp_path / "a")
+    b = build_report(Tracker(results), "synth", tmp_path / "b")
+    assert a.markdown.read_text() == b.markdown.read_text()
+    assert a.html.read_text() == b.html.read_text()
+    for f in a.figures:
+        assert f.read_bytes() == (tmp_path / "b" / "figures" / f.name).read_bytes(), f.name
+
+
+
+@pytest.mark.slow
+def test_report_of_another_dataset_is_a_user_error(results, tmp_path, capsys):
+    assert main(["report", "--dataset", "vggsound", "--out", str(tmp_path / "o"), "--results-dir", str(results)]) == 2
+    assert "no finished runs for dataset 'vggsound'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_analysis_needs_the_saved_model(results, capsys):
+    ca = _parents(results, "cross_attention", sweep=False)[0]
+    assert main(["analyze", "--run", ca, "--what", "robustness", "--results-dir", str(results)]) == 2
+    assert "has no model.pt: it was run with --no-save-model" in capsys.readouterr().err
+    # One run failing does not stop the others.
+    assert main(["analyze", "--dataset", "synth", "--strategy", "cross_attention,late_fusion", "--what", "robustness",
+                 "--seeds", "0", "--noise-levels", "0,0.5,1", "--shift-levels", "0,0.5", "--no-plots",
+                 "--results-dir", str(results)]) == 2
+    out = capsys.readouterr().out
+    assert "1 analysis(es) recorded, 0 skipped, 1 failed" in out and "cross_attention seed 0" in out
+
+
+def test_report_without_runs_is_a_user_error(tmp_path, capsys):
+    assert main(["report", "--dataset", "synth", "--out", str(tmp_path / "o"), "--results-dir", str(tmp_path)]) == 2
+    assert "no MLflow database at" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()
