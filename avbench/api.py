@@ -83,6 +83,7 @@ class Capabilities:
     attention: bool = False  # attention maps through ``attention_maps``
     cross_modal: bool = False  # train on one modality, test on the other
     heads: bool = False  # named per-head logits through ``head_logits``
+    onsets: bool = False  # ``predict``/``head_logits`` take ``onsets=[B, T] bool`` (audio onsets per step)
     reasons: Mapping[str, str] = field(default_factory=dict)
 
     def why_not(self, capability: str) -> str:

@@ -245,11 +245,13 @@ def _run(req: RunRequest, r: Resolved, rank: int, world: int, device: Any) -> di
                   "throughput": {"train_clips_per_s": fit.train_clips_per_s, "eval_clips_per_s": fit.eval_clips_per_s,
                                  "device": describe_device(device), "precision": r.recipe.amp,
                                  "world_size": world},
-                  "history": fit.history, "environment": environment(), "resumed_from_epoch": fit.resumed_from_epoch}
+                  "history": fit.history, "environment": environment(), "resumed_from_epoch": fit.resumed_from_epoch,
+                  "excluded_rows": engine.excluded}
         if tracker:
             tracker.log_metrics(child, metrics, step=len(fit.history))
             tracker.log_json(child, "result.json", result)
-            _log_predictions(tracker, child, final, r.cache.test_split().ids)
+            ids = r.cache.test_split().ids
+            _log_predictions(tracker, child, final, [ids[i] for i in final.rows] if final.rows is not None else ids)
             if req.save_model:
                 _log_model(tracker, child, strategy)
             tracker.finish(child)

@@ -33,8 +33,9 @@ when the two widths match). Open choices of the paper, made explicit here:
 * **Clips without onsets** fall back to the continuous pool. Fallbacks are counted: training ones
   in ``epoch_diagnostics()`` (reset each epoch), evaluation ones (counted by the fused ``predict``,
   so once per test clip per evaluation) in ``onset_fallback_stats()``.
-* **Onsets at inference.** ``predict``/``head_logits`` take an optional ``onsets`` keyword; without
-  it every clip falls back (and is counted), so the harness should pass the split's onsets.
+* **Onsets at inference.** ``predict``/``head_logits`` take an optional ``onsets`` keyword
+  (``capabilities.onsets``), and the engine passes the test split's onsets; without them every clip
+  falls back (and is counted).
 * **Single-label prediction** is the paper's majority vote of the five heads' argmax; when several
   classes share the top vote count, the class of the most confident head among those voting for the
   tied classes wins (``vote_tie_break=tied``; ``all`` takes the most confident head overall, the
@@ -166,7 +167,7 @@ class EventLayers(Strategy):
     name = "event_layers"
     Config = EventLayersConfig
     capabilities = Capabilities(
-        audio_only=True, video_only=True, fusion=True, heads=True, cross_modal=False,
+        audio_only=True, video_only=True, fusion=True, heads=True, onsets=True, cross_modal=False,
         embeddings=False, attention=False,
         reasons={
             "cross_modal": "the audio and visual heads read separate projections: a head trained on one "

@@ -110,7 +110,8 @@ def test_resume_continues_from_the_epoch_checkpoint(tmp_path):
     (["--dataset", "synth", "--set", "embed_dimm=8"], "did you mean 'embed_dim'"),
     (["--dataset", "synth", "--set", "embed_dim=big"], "expected int, got 'big'"),
     (["--dataset", "synth", "--set", "train.amp=fp8"], "not one of bf16, fp16, fp32"),
-    (["--dataset", "synth", "--set", "audio_dim=1024"], "audio features are 16-d but audio_dim=1024"),
+    (["--dataset", "synth", "--set", "model.audio_dim=1024"], "audio features are 16-d but audio_dim=1024"),
+    (["--dataset", "synth", "--set", "audio_dim=1024"], "ambiguous (model and data both define it)"),
     (["--dataset", "synth", "--seeds", "0,one"], "--seeds expects comma-separated integers"),
     (["--dataset", "synth", "--strategy", "uavn"], "unknown strategy 'uavn'; did you mean 'uavm'"),
 ])
@@ -122,9 +123,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, extra
     if "--strategy" in extra:
         base[2] = extra[extra.index("--strategy") + 1]
         extra = [e for i, e in enumerate(extra) if e != "--strategy" and (i == 0 or extra[i - 1] != "--strategy")]
-    if "--cache" in extra:
-        base = [b for b in base if not b.startswith("data.")]
-        base = [b for i, b in enumerate(base) if not (b == "--set" and base[i + 1:i + 2] and base[i + 1].startswith("data."))]
+    if "--cache" in extra:  # data.* knobs apply to --dataset only
+        base = base[:6]
     assert main(base + extra) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err

@@ -38,6 +38,7 @@ class EvalResult:
     labels: np.ndarray
     skipped: dict[str, str]  # column or analysis -> reason
     clips_per_s: float
+    rows: np.ndarray | None = None  # the test rows evaluated, in order (failed extractions excluded)
 
 
 @dataclass
@@ -163,7 +164,13 @@ class Engine:
         share = 1.0 / world if self.device.type == "cpu" else 1.0
         self.train_src = BatchSource(self.train_split, self.device, recipe.device_resident, share=share)
         self.test_src = BatchSource(self.test_split, self.device, recipe.device_resident, share=share)
-        self.weights = sampling.balanced_weights(self.train_split.labels) if recipe.balanced_sampling else None
+        # Rows whose extraction failed (no modality present) are neither trained nor evaluated on.
+        self.train_rows = np.flatnonzero(self.train_split.present.any(axis=1))
+        self.test_rows = np.flatnonzero(self.test_split.present.any(axis=1))
+        self.excluded = {"train": len(self.train_split) - len(self.train_rows),
+                         "test": len(self.test_split) - len(self.test_rows)}
+        labels = self.train_split.labels[self.train_rows]
+        self.weights = sampling.balanced_weights(labels) if recipe.balanced_sampling else None
         self.num_steps = cache.features.num_steps
         # Denormal floats (tiny Adam moments late in training) slow x86 CPUs by an order of magnitude.
         torch.set_flush_denormal(True)
@@ -313,7 +320,7 @@ class Engine:
 
     def global_batches(self, epoch: int) -> list[np.ndarray]:
         """The epoch's global batches (every rank computes the same list)."""
-        order = sampling.epoch_order(len(self.train_split), epoch, self.seed, self.weights)
+        order = self.train_rows[sampling.epoch_order(len(self.train_rows), epoch, self.seed, self.weights)]
         glob = sampling.batches(order, self.recipe.batch_size, self.recipe.drop_last)
         return [g for g in glob if len(g) >= self.world]  # every rank needs at least one clip
 
@@ -445,7 +452,8 @@ class Engine:
     def evaluate(self, retrieval: bool = True) -> EvalResult:
         self.strategy.eval()
         cols, skipped = self.columns()
-        n = len(self.test_split)
+        rows = self.test_rows
+        n = len(rows)
         bs = self.recipe.eval_batch_size
         logits: dict[str, list[np.ndarray]] = {c: [] for c in cols}
         heads: dict[str, list[np.ndarray]] = {}
@@ -455,15 +463,16 @@ class Engine:
         lo, hi = distributed.shard(n, self.rank, self.world)
         synchronize(self.device)
         t0 = time.perf_counter()
-        for raw in self.test_src.iterate([np.arange(s, min(hi, s + bs)) for s in range(lo, hi, bs)]):
+        for raw in self.test_src.iterate([rows[s:min(hi, s + bs)] for s in range(lo, hi, bs)]):
             b = self.make_batch(raw, train=False)
             with autocast(self.device, self.recipe.amp):
+                extra = {"onsets": b.onsets} if self.strategy.capabilities.onsets else {}
                 for c in cols:
                     a = b.audio if c in ("audio", "fusion") else None
                     v = b.video if c in ("video", "fusion") else None
-                    logits[c].append(self.strategy.predict(a, v).float().cpu().numpy())
+                    logits[c].append(self.strategy.predict(a, v, **extra).float().cpu().numpy())
                 if want_heads:
-                    for k, v in self.strategy.head_logits(b.audio, b.video).items():
+                    for k, v in self.strategy.head_logits(b.audio, b.video, **extra).items():
                         heads.setdefault(k, []).append(v.float().cpu().numpy())
             labels.append(b.labels.cpu().numpy())
         synchronize(self.device)
@@ -485,7 +494,7 @@ class Engine:
             elif not self.strategy.capabilities.embeddings:
                 skipped["retrieval"] = self.strategy.capabilities.why_not("embeddings")
         return EvalResult(metrics=metrics, logits=out_logits, heads={k: np.concatenate(v) for k, v in heads.items()},
-                          labels=lab, skipped=skipped,
+                          labels=lab, skipped=skipped, rows=rows,
                           clips_per_s=n * max(1, len(cols)) / dt if dt > 0 else float("nan"))
 
     def _retrieval(self, labels: np.ndarray) -> dict[str, float]:
@@ -493,7 +502,7 @@ class Engine:
         idx = stratified_subset(labels, self.recipe.retrieval_per_class, seed=0)
         if len(idx) < 2:
             return {}
-        raw = self.test_split.gather(idx)
+        raw = self.test_split.gather(self.test_rows[idx])
         raw = {k: v.to(self.device) for k, v in raw.items()}
         b = self.make_batch(raw, train=False)
         with autocast(self.device, self.recipe.amp):
