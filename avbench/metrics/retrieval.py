@@ -28,10 +28,11 @@ def _pool_norm(x: np.ndarray) -> np.ndarray:
 
 
 def ranks(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """1-based rank of each query's partner among all candidates."""
+    """1-based rank of each query's partner among all candidates; ties count against the query
+    (collapsed representations, where every candidate scores the same, rank last, not first)."""
     sim = _pool_norm(queries) @ _pool_norm(candidates).T
     own = np.diag(sim)[:, None]
-    return (sim > own).sum(axis=1) + 1
+    return (sim >= own).sum(axis=1)
 
 
 def retrieval_metrics(audio: np.ndarray, video: np.ndarray) -> dict[str, float]:
