@@ -16,6 +16,8 @@ from typing import Mapping
 
 import numpy as np
 
+from avbench.analysis.representations import paired_layers
+
 
 def l1_logistic_regression():
     """``LogisticRegression(penalty='l1', solver='liblinear', random_state=0)``, the reference probe.
@@ -59,17 +61,7 @@ def probe_layer(audio: np.ndarray, video: np.ndarray) -> dict[str, object]:
 def modality_probe(audio: Mapping[str, np.ndarray], video: Mapping[str, np.ndarray]) -> dict[str, object]:
     """Probe every layer; ``{"layers": [...], "per_layer": {layer: {...}}, "skipped": {layer: why}}``."""
     layers, per_layer, skipped = [], {}, {}
-    for name in audio:
-        a, v = audio[name], video.get(name)
-        if v is None:
-            skipped[name] = "no video representation at this layer"
-            continue
-        if a.shape != v.shape:
-            skipped[name] = f"audio {a.shape[1:]} and video {v.shape[1:]} representations differ in width"
-            continue
-        if len(a) < 4:
-            skipped[name] = f"{len(a)} clips are too few to split in halves"
-            continue
+    for name, a, v in paired_layers(audio, video, skipped, 4, "{n} clips are too few to split in halves"):
         layers.append(name)
         per_layer[name] = probe_layer(a, v)
     return {"layers": layers, "per_layer": per_layer, "skipped": skipped}

@@ -45,3 +45,21 @@ def unimodal_logits(run: Any, idx: np.ndarray | None = None) -> tuple[np.ndarray
         la.append(run.strategy.predict(b.audio, None).float().cpu().numpy())
         lv.append(run.strategy.predict(None, b.video).float().cpu().numpy())
     return np.concatenate(la), np.concatenate(lv)
+
+
+def paired_layers(audio: dict[str, np.ndarray], video: dict[str, np.ndarray], skipped: dict[str, str],
+                  min_clips: int, too_few: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Layers that have audio and video representations of one width and at least ``min_clips``
+    clips, in layer order; the rest go to ``skipped`` with the reason."""
+    out = []
+    for name in audio:
+        a, v = audio[name], video.get(name)
+        if v is None:
+            skipped[name] = "no video representation at this layer"
+        elif a.shape != v.shape:
+            skipped[name] = f"audio {a.shape[1:]} and video {v.shape[1:]} representations differ in width"
+        elif len(a) < min_clips:
+            skipped[name] = too_few.format(n=len(a))
+        else:
+            out.append((name, a, v))
+    return out

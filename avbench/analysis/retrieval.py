@@ -12,6 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
+from avbench.analysis.representations import paired_layers
 from avbench.metrics.retrieval import retrieval_metrics
 
 LOGITS_LAYER = "logits"
@@ -20,17 +21,7 @@ LOGITS_LAYER = "logits"
 def layer_retrieval(audio: Mapping[str, np.ndarray], video: Mapping[str, np.ndarray]) -> dict[str, object]:
     """``{"layers": [...], "per_layer": {layer: {"a2v_R@1": ..., "v2a_medr": ...}}, "skipped": {...}}``."""
     layers, per_layer, skipped = [], {}, {}
-    for name in audio:
-        a, v = audio[name], video.get(name)
-        if v is None:
-            skipped[name] = "no video representation at this layer"
-            continue
-        if a.shape != v.shape:
-            skipped[name] = f"audio {a.shape[1:]} and video {v.shape[1:]} representations differ in width"
-            continue
-        if len(a) < 2:
-            skipped[name] = "fewer than 2 clips"
-            continue
+    for name, a, v in paired_layers(audio, video, skipped, 2, "fewer than 2 clips"):
         if float(np.ptp(a, axis=0).max()) == 0.0 or float(np.ptp(v, axis=0).max()) == 0.0:
             # Every clip the same vector: all similarities tie, and ranking ties optimistically
             # would report R@1 = 1 for a layer that carries no information.
