@@ -18,7 +18,7 @@ B, T, D, C = 8, 6, 16, 5
 ONE_LAYER = ["--set", f"data.steps={T}", "--set", f"data.audio_dim={D}", "--set", f"data.video_dim={D}",
              "--set", f"data.classes={C}", "--set", f"embed_dim={D}", "--set", "n_specific=0",
              "--set", "n_shared=1"]
-FAST = ["--warmup", "1", "--steps", "2", "--peak-size", "128", "--peak-seconds", "0.01"]
+FAST = ["--warmup", "1", "--steps", "2", "--peak-sizes", "64,128", "--peak-seconds", "0.01"]
 
 
 def hand_count_train(b, t, d, c):
@@ -71,6 +71,8 @@ def test_bench_json_fields_are_present_and_sane(bench_json):
     assert r["reference"]["speedup"] == pytest.approx(r["train"]["clips_per_s"] / r["reference"]["clips_per_s"])
     assert r["infer"]["column"] == "fusion"
     assert set(r["matmul_flops_per_s"]) == {"bf16", "fp32"} and min(r["matmul_flops_per_s"].values()) > 0
+    # On CPU the denominator is sampled after every timed round (2 training rounds, 2 inference rounds).
+    assert len(r["matmul_rate_samples"]["bf16"]["during"]) == 4 and r["matmul_sizes"] == [64, 128]
     d = r["data"]
     assert d["source"] in ("device", "memmap+prefetch")
     assert d["premade_step_ms"] > 0 and d["cache_step_ms"] > 0 and d["gather_augment_ms"] > 0
@@ -142,4 +144,4 @@ def test_timing_memory_and_peak_primitives():
     x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
     assert mem.read() - before >= 60 * 2**20
     del x
-    assert matmul_rate("cpu", "fp32", n=64, min_seconds=0.001, windows=1) > 0
+    assert matmul_rate("cpu", "fp32", (32, 64), min_seconds=0.001, windows=1) > 0

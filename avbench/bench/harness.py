@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from avbench.bench.flops import count_flops
-from avbench.bench.peak import PeakMemory, RateProbe, current_rss, matmul_rate
+from avbench.bench.peak import PeakMemory, RateProbe, current_rss, default_sizes, matmul_rate
 from avbench.bench.timing import load_average, synchronize, time_rounds
 from avbench.errors import UserError
 
@@ -54,7 +54,7 @@ class BenchRequest:
     data_path: bool = True
     full_epoch: bool = False  # also time one whole training epoch, data included
     stage: str | None = None  # multi-stage strategies: which stage's step (default the first)
-    peak_size: int | None = None  # matmul size for the device's rate (default 2048 CPU, 8192 CUDA)
+    peak_sizes: tuple[int, ...] | None = None  # square matmul sizes for the rate (None: 1024, 2048 CPU; 8192 CUDA)
     peak_seconds: float = 0.25  # per timing window of that measurement
     overrides: dict[str, str] = field(default_factory=dict)
     cache_root: str | None = None
@@ -203,9 +203,9 @@ def _bench(req: BenchRequest, res: Any, source: dict[str, Any]) -> dict[str, Any
     n_train = len(engine.train_split)
     load_before = load_average()
     precisions = sorted({recipe.amp, "fp32"} | ({"bf16"} if recipe.amp != "fp16" else set()))
-    rates = {p: {"before": matmul_rate(device, p, req.peak_size, req.peak_seconds)} for p in precisions}
+    rates = {p: {"before": matmul_rate(device, p, req.peak_sizes, req.peak_seconds)} for p in precisions}
     # On a shared CPU the rate is also sampled between timed rounds (GPUs are not time-shared).
-    probe = None if cuda else RateProbe(device, precisions, req.peak_size)
+    probe = None if cuda else RateProbe(device, precisions, req.peak_sizes)
 
     out: dict[str, Any] = {
         "strategy": strategy.name, "strategy_target": req.strategy, "stage": stage,
@@ -232,7 +232,7 @@ def _bench(req: BenchRequest, res: Any, source: dict[str, Any]) -> dict[str, Any
     if req.mode in ("infer", "both"):
         out["infer"] = bench_infer(engine, out["batch_size"], warmup, steps, probe)
     for p in precisions:  # the rate again after the windows: the host's load may have changed
-        rates[p]["after"] = matmul_rate(device, p, req.peak_size, req.peak_seconds)
+        rates[p]["after"] = matmul_rate(device, p, req.peak_sizes, req.peak_seconds)
         if probe is not None and probe.samples[p]:
             rates[p]["during_median"] = probe.median(p)
             rates[p]["during"] = probe.samples[p]
@@ -240,7 +240,7 @@ def _bench(req: BenchRequest, res: Any, source: dict[str, Any]) -> dict[str, Any
     peaks = {p: r.get("during_median") or max(r["before"], r["after"]) for p, r in rates.items()}
     out["matmul_flops_per_s"] = peaks
     out["matmul_rate_samples"] = rates
-    out["matmul_size"] = req.peak_size or (8192 if cuda else 2048)
+    out["matmul_sizes"] = list(req.peak_sizes or default_sizes(device))
     for key in ("train", "infer", "reference"):
         if key in out:
             r = out[key]

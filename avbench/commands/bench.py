@@ -35,7 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, help="warm-up steps (default 2 on CPU, 10 on CUDA)")
     p.add_argument("--steps", type=int, help="timed steps per configuration (default 5 on CPU, 50 on CUDA)")
     p.add_argument("--stage", help="multi-stage strategies: the stage whose step is timed (default the first)")
-    p.add_argument("--peak-size", type=int, help="matmul size for the device's rate (default 2048 CPU, 8192 CUDA)")
+    p.add_argument("--peak-sizes", help="comma-separated square matmul sizes for the device's rate; the best "
+                                        "counts (default 1024,2048 on CPU, 8192 on CUDA)")
     p.add_argument("--peak-seconds", type=float, default=0.25, help="per timing window of the matmul rate")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="strategy, recipe (train.) or data (data.) setting; repeatable")
@@ -58,7 +59,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                        max_batch_size=args.max_batch_size, reference=args.reference,
                        data_path=not args.no_data_path, full_epoch=args.full_epoch, stage=args.stage,
                        overrides=cfgmod.parse_pairs(args.overrides), cache_root=args.cache_root, seed=args.seed,
-                       peak_size=args.peak_size, peak_seconds=args.peak_seconds)
+                       peak_sizes=_sizes(args.peak_sizes), peak_seconds=args.peak_seconds)
     result = run_bench(req)
     if args.log_mlflow:
         result["mlflow_run_id"] = log_to_mlflow(result, args.results_dir)
@@ -66,6 +67,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.output_json:
         write_json(args.output_json, result)
     return 0
+
+
+def _sizes(text: str | None) -> tuple[int, ...] | None:
+    from avbench.errors import UserError
+
+    if not text:
+        return None
+    try:
+        sizes = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"--peak-sizes expects comma-separated integers, got '{text}'") from None
+    if not sizes or min(sizes) < 1:
+        raise UserError(f"--peak-sizes expects positive sizes, got '{text}'")
+    return sizes
 
 
 def _mib(b: float) -> str:
@@ -95,7 +110,8 @@ def format_result(r: dict[str, Any]) -> str:
                                          "GFLOP/clip", "GFLOP/s", "MFU %", "peak MiB"], tablefmt="github"))
     peaks = ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in r["matmul_flops_per_s"].items())
     how = "median of samples between timed rounds" if not r["device"].startswith("cuda") else "best of before/after"
-    lines.append(f"MFU denominator, {r['matmul_size']}x{r['matmul_size']} matmul measured in this run ({how}): {peaks}")
+    sizes = "/".join(str(n) for n in r["matmul_sizes"])
+    lines.append(f"MFU denominator, best square matmul ({sizes}) measured in this run ({how}): {peaks}")
     if "reference" in r:
         lines.append(f"speed-up over the reference configuration: {r['reference']['speedup']:.2f}x")
     d = r.get("data") or {}
