@@ -68,6 +68,7 @@ def test_bench_json_fields_are_present_and_sane(bench_json):
         assert x["steps"] == 2 and x["memory_kind"] in ("peak_rss", "peak_rss_since_start")
     assert r["train"]["precision"] == "bf16" and r["train"]["attention"] == "bmm"  # the CPU fast path
     assert r["reference"]["precision"] == "fp32" and r["reference"]["attention"] == "reference"
+    assert r["train"]["optimizer"] == "adam (fused)" and r["reference"]["optimizer"] == "adam (per-parameter loop)"
     assert r["reference"]["speedup"] == pytest.approx(r["train"]["clips_per_s"] / r["reference"]["clips_per_s"])
     assert r["infer"]["column"] == "fusion"
     assert set(r["matmul_flops_per_s"]) == {"bf16", "fp32"} and min(r["matmul_flops_per_s"].values()) > 0

@@ -300,10 +300,12 @@ def _attention_kind(strategy: Any, device: torch.device) -> str:
 
 
 class _Reference:
-    """Switches the engine to the reference configuration (fp32, explicit softmax attention, eager)
-    for the duration of a ``with`` block: same model, weights, optimizer and batches."""
+    """Switches the engine to the reference configuration for the duration of a ``with`` block: fp32,
+    explicit softmax attention, eager, and Adam's per-parameter loop (the UAVM reference builds a plain
+    ``torch.optim.Adam``, which on a CPU is that loop, not the fused kernel). Same model, weights,
+    optimizer state and batches."""
 
-    def __init__(self, engine: Any):
+    def __init__(self, engine: Any, optimizer: torch.optim.Optimizer):
         from avbench.nn.transformer import Attention
         from avbench.train.engine import _TrainStep
 
@@ -311,20 +313,26 @@ class _Reference:
         self.attn = [m for m in engine.strategy.modules() if isinstance(m, Attention)]
         self.recipe = dataclasses.replace(engine.recipe, amp="fp32", compile=False)
         self.module = _TrainStep(engine.strategy)
+        self.groups = optimizer.param_groups
 
     def __enter__(self) -> "_Reference":
         e = self.engine
-        self.saved = (e.recipe, e.step_module, [m.fused for m in self.attn])
+        self.saved = (e.recipe, e.step_module, [m.fused for m in self.attn],
+                      [(g.get("fused"), g.get("foreach")) for g in self.groups])
         for m in self.attn:
             m.fused = False
+        for g in self.groups:
+            g["fused"], g["foreach"] = False, False
         e.recipe, e.step_module = self.recipe, self.module
         return self
 
     def __exit__(self, *exc: Any) -> None:
         e = self.engine
-        e.recipe, e.step_module, fused = self.saved
+        e.recipe, e.step_module, fused, opt = self.saved
         for m, f in zip(self.attn, fused):
             m.fused = f
+        for g, (f, fe) in zip(self.groups, opt):
+            g["fused"], g["foreach"] = f, fe
 
 
 class _Tracked:
@@ -381,7 +389,7 @@ def bench_train(engine: Any, warmup: int, steps: int, data_path: bool, reference
             return b.size
 
         fns["cache"] = _Tracked(cached, mem)
-    ref = _Reference(engine) if reference else None
+    ref = _Reference(engine, optimizer) if reference else None
     ref_flops = 0
     if ref is not None:
         def reference_step(i: int) -> int:
@@ -399,16 +407,19 @@ def bench_train(engine: Any, warmup: int, steps: int, data_path: bool, reference
             it.close()  # type: ignore[attr-defined]
     size = premade[0].size
 
-    def figures(win: Any, flops_step: int, precision: str, attn: str, peak: int) -> dict[str, Any]:
-        return {**win.summary(), "precision": precision, "attention": attn, "batch_size": size,
+    def figures(win: Any, flops_step: int, precision: str, attn: str, peak: int, adam: str) -> dict[str, Any]:
+        return {**win.summary(), "precision": precision, "attention": attn, "optimizer": adam, "batch_size": size,
                 "compile": engine.recipe.compile if precision == engine.recipe.amp else False,
                 "flops_per_clip": flops_step / size, "flops_per_step": flops_step,
                 "achieved_flops_per_s": flops_step / size * win.items_per_s, "peak_memory_bytes": peak,
                 "memory_kind": mem.kind}
 
-    out: dict[str, Any] = {"train": figures(wins["train"], flops, engine.recipe.amp, attention, fns["train"].peak)}
+    fused_adam = bool(optimizer.param_groups and optimizer.param_groups[0].get("fused"))
+    out: dict[str, Any] = {"train": figures(wins["train"], flops, engine.recipe.amp, attention, fns["train"].peak,
+                                            "adam (fused)" if fused_adam else "adam (per-parameter loop)")}
     if ref is not None:
-        out["reference"] = figures(wins["reference"], ref_flops, "fp32", "reference", fns["reference"].peak)
+        out["reference"] = figures(wins["reference"], ref_flops, "fp32", "reference", fns["reference"].peak,
+                                   "adam (per-parameter loop)")
     data: dict[str, Any] = {"source": "device" if engine.train_src.is_resident else "memmap+prefetch"}
     if data_path:
         premade_ms = out["train"]["step_ms_mean"]

@@ -113,7 +113,9 @@ def format_result(r: dict[str, Any]) -> str:
     sizes = "/".join(str(n) for n in r["matmul_sizes"])
     lines.append(f"MFU denominator, best square matmul ({sizes}) measured in this run ({how}): {peaks}")
     if "reference" in r:
-        lines.append(f"speed-up over the reference configuration: {r['reference']['speedup']:.2f}x")
+        lines.append(f"speed-up over the reference configuration (fp32, explicit softmax attention, "
+                     f"{r['reference']['optimizer']}; this run's path: {r['train']['optimizer']}): "
+                     f"{r['reference']['speedup']:.2f}x")
     d = r.get("data") or {}
     if "overhead_pct" in d:
         lines.append(f"data path ({d['source']}): {d['cache_step_ms']:.1f} ms/step from the cache vs "
