@@ -70,7 +70,7 @@ the code, 6 epochs; the harness recipe's lr, batch and clip apply to both stages
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -247,6 +247,27 @@ class VQCodes(Strategy):
             for m in self.frozen_modules():
                 m.eval()
         return self
+
+    # --- checkpoint state beyond parameters and buffers ----------------------------------------
+    def get_extra_state(self) -> dict[str, Any]:
+        """The CLUB estimators' Adam moments and the dead-code reset generator travel with the weights
+        (``state_dict``), so a resumed pretraining continues exactly where it stopped."""
+        return {"club_optimizers": {m: opt.state_dict() for m, opt in self._club_opt.items()},
+                "reset_generator": self._reset_generator.get_state()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        for m, opt in self._club_opt.items():
+            opt.load_state_dict(state["club_optimizers"][m])
+        self._reset_generator.set_state(state["reset_generator"])
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        # Weights saved before the extra state existed still load (evaluation and analyses need only
+        # the weights); only a resumed pretraining would restart the estimators' moments.
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if prefix + "_extra_state" in missing_keys:
+            missing_keys.remove(prefix + "_extra_state")
 
     def trainable_parameters(self):
         club = {id(p) for p in self.club.parameters()}

@@ -4,6 +4,7 @@ a decoder trained on audio codes classifies video."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -217,6 +218,53 @@ def test_strategy_runs_five_estimator_steps_with_its_own_optimizer():
     assert all(p.grad is None for p in s.club.parameters())  # the MI term trains the encoders only
     assert any(not torch.equal(a, b) for a, b in zip(before, s.club["audio"].parameters()))
     assert s.semantic["audio"].proj.weight.grad is not None
+
+
+def test_state_dict_carries_club_moments_and_reset_generator():
+    """A resumed pretraining continues exactly: same CLUB Adam moments, same reset draws, same step."""
+
+    def step(model, opt, i):
+        out = model.training_step(_batch(seed=i), i)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        model.after_optimizer_step(i)
+        return float(out["loss"].detach())
+
+    def fresh(seed):
+        torch.manual_seed(seed)  # b starts from other weights: everything must come from the state dict
+        m = _small(reset_after=1)
+        m.train()
+        m.begin_stage("pretrain")
+        return m, torch.optim.Adam(list(m.trainable_parameters()), lr=1e-3)
+
+    a, opt_a = fresh(0)
+    for i in range(3):
+        step(a, opt_a, i)
+    buf = io.BytesIO()  # through bytes, as a checkpoint file: a live state dict shares a's tensors
+    torch.save({"model": a.state_dict(), "opt": opt_a.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=False)
+    b, opt_b = fresh(1)
+    b.load_state_dict(saved["model"])
+    opt_b.load_state_dict(saved["opt"])
+    for m in ("audio", "video"):
+        sa, sb = a._club_opt[m].state_dict()["state"], b._club_opt[m].state_dict()["state"]
+        assert sa.keys() == sb.keys() and len(sa) > 0
+        for k in sa:
+            assert int(sb[k]["step"]) == 15  # 3 steps x 5 estimator updates
+            torch.testing.assert_close(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"], rtol=0, atol=0)
+    assert torch.equal(a._reset_generator.get_state(), b._reset_generator.get_state())
+    rng = torch.get_rng_state()
+    la = step(a, opt_a, 3)
+    torch.set_rng_state(rng)
+    lb = step(b, opt_b, 3)
+    assert la == lb
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        if isinstance(pa, torch.Tensor):
+            assert torch.equal(pa, pb), name
+    # Weights saved before the extra state existed still load (analyses of older runs).
+    fresh(2)[0].load_state_dict({k: v for k, v in saved["model"].items() if k != "_extra_state"})
 
 
 # --- Cross-CPC --------------------------------------------------------------------------------------
