@@ -142,6 +142,12 @@ class Strategy(nn.Module):
         """False for unsupervised stages: the harness then skips per-epoch evaluation in that stage."""
         return True
 
+    def stage_recipe(self, stage: str, recipe: Any) -> Any:
+        """The training recipe (``avbench.train.recipe.Recipe``) for a stage; ``recipe`` is the run's.
+        Override when a paper trains its stages differently (per-stage learning rate or clipping);
+        return ``dataclasses.replace(recipe, ...)``, never a mutated ``recipe``."""
+        return recipe
+
     def after_optimizer_step(self, step: int) -> None:
         """Hook for non-gradient updates (EMA codebooks, code resets)."""
 

@@ -489,3 +489,27 @@ def test_cli_cross_modal_run(tmp_path):
     metrics = result["seeds"][0]["metrics"]
     assert 0.0 <= metrics["video/acc"] <= 1.0 and 0.0 <= metrics["audio/acc"] <= 1.0  # A->V beside A->A
     assert "fusion" in result["skipped"]
+
+
+def test_stage_recipes_set_each_stage_lr_and_clip_and_evaluation_keeps_the_runs(synth_cache):
+    from avbench.cache import FeatureCache
+    from avbench.train.engine import Engine
+    from avbench.train.recipe import Recipe
+
+    cache = FeatureCache(synth_cache)
+    cfg = VQCodesConfig(**SMALL, pretrain_epochs=1, pretrain_lr=4e-4, downstream_lr=2.5e-4, grad_clip=0.5)
+    torch.manual_seed(0)
+    s = VQCodes(cfg, cache.features, cache.task)
+    run = Recipe(epochs=2, lr=1e-3, lr_decay=0.5, batch_size=96, amp="fp32", eval_every_epoch=False)
+    engine = Engine(s, cache, run, seed=0, device=torch.device("cpu"), progress=False)
+    seen = []
+    step, evaluate = engine.train_step, engine.evaluate
+    engine.train_step = lambda *a, **k: (seen.append((s.stage, engine.recipe.grad_clip)), step(*a, **k))[1]
+    engine.evaluate = lambda *a, **k: (seen.append(("eval", engine.recipe.lr)), evaluate(*a, **k))[1]
+    fit = engine.fit()
+    assert [round(h["lr"], 8) for h in fit.history] == [4e-4, 2.5e-4, 1.25e-4]  # per stage, then decayed
+    assert {x for x in seen if x[0] != "eval"} == {("pretrain", 0.5), ("downstream", 0.5)}
+    assert {x for x in seen if x[0] == "eval"} == {("eval", 1e-3)} and engine.recipe is run
+    # Unset, both stages train with the run's recipe.
+    plain = VQCodes(VQCodesConfig(**SMALL), cache.features, cache.task)
+    assert all(plain.stage_recipe(st, run) is run for st in plain.stages)

@@ -7,10 +7,11 @@ metrics, checkpoints, and throughput measurement. The strategy owns its model an
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -343,6 +344,15 @@ class Engine:
         self.strategy.after_optimizer_step(step)
         return out
 
+    @contextlib.contextmanager
+    def using_recipe(self, recipe: Recipe) -> Iterator[Recipe]:
+        """``self.recipe`` is ``recipe`` inside the block, and what it was before after it."""
+        saved, self.recipe = self.recipe, recipe
+        try:
+            yield recipe
+        finally:
+            self.recipe = saved
+
     def fit(self, resume: bool = False) -> FitResult:
         set_seed(self.seed)
         r = self.recipe
@@ -356,8 +366,12 @@ class Engine:
         global_epoch = 0
         global_step = 0
         train_clips, train_time = 0, 0.0
+        base = self.recipe
         for stage_index, stage in enumerate(stages):
             self.strategy.begin_stage(stage)
+            # The stage's recipe drives its optimizer, schedule, clipping and batches; evaluation
+            # always runs under the run's recipe.
+            self.recipe = r = self.strategy.stage_recipe(stage, base)
             n_epochs = self.strategy.stage_epochs(stage, r.epochs)
             optimizer = self.make_optimizer()
             wrapped = False
@@ -385,7 +399,8 @@ class Engine:
                 row.update({f"diag/{k}": float(v) for k, v in self.strategy.epoch_diagnostics().items()})
                 last = stage_index == len(stages) - 1 and epoch == n_epochs - 1
                 if self.strategy.stage_uses_labels(stage) and (r.eval_every_epoch or last):
-                    ev = self.evaluate(retrieval=last)
+                    with self.using_recipe(base):
+                        ev = self.evaluate(retrieval=last)
                     row.update(ev.metrics)
                     row["eval_clips_per_s"] = ev.clips_per_s
                     if last:
@@ -397,6 +412,7 @@ class Engine:
                     save_checkpoint(self.checkpoint_path, self.strategy, optimizer, global_epoch + 1,
                                     global_step, result.history)
                 global_epoch += 1
+        self.recipe = base
         if result.final is None:  # resumed after the last epoch, or nothing trained with labels
             result.final = self.evaluate(retrieval=True)
         result.train_seconds = train_time
