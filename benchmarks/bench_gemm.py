@@ -4,9 +4,10 @@ fp32.
 
 These four layers are ~85% of a bf16 training step (torch.profiler, mm + addmm), so the ratio of
 their fp32 to bf16 times bounds the speed-up of the whole step over an fp32 run of the same model,
-whatever is fused around them. On the development CPU (2 cores, AMX) that ratio was 1.9-2.0: the
-square-matmul peak ratio (bf16 over fp32, ~2.5x at 1024) does not carry over to these shapes'
-forward and backward products. Compare ``extra_info['gflops_per_s']`` across the two precisions.
+whatever is fused around them. On the development CPU (2 cores, AMX) that ratio was 1.8-2.4 per
+layer (1.9 for the four together): the square-matmul ratio at 1024 (3-4x) does not carry over to
+these shapes' forward and backward products. Compare ``extra_info['gflops_per_s']`` across the two
+precisions.
 """
 
 from __future__ import annotations

@@ -367,52 +367,54 @@ class Engine:
         global_step = 0
         train_clips, train_time = 0, 0.0
         base = self.recipe
-        for stage_index, stage in enumerate(stages):
-            self.strategy.begin_stage(stage)
-            # The stage's recipe drives its optimizer, schedule, clipping and batches; evaluation
-            # always runs under the run's recipe.
-            self.recipe = r = self.strategy.stage_recipe(stage, base)
-            n_epochs = self.strategy.stage_epochs(stage, r.epochs)
-            optimizer = self.make_optimizer()
-            wrapped = False
-            for epoch in range(n_epochs):
-                if state is not None and global_epoch < state["global_epoch"]:
-                    if global_epoch == state["global_epoch"] - 1:  # the last finished epoch
-                        optimizer.load_state_dict(state["optimizer"])
-                        global_step = state["global_step"]
-                        restore_rng(state["rng"])
+        try:
+            for stage_index, stage in enumerate(stages):
+                self.strategy.begin_stage(stage)
+                # The stage's recipe drives its optimizer, schedule, clipping and batches; evaluation
+                # always runs under the run's recipe.
+                self.recipe = r = self.strategy.stage_recipe(stage, base)
+                n_epochs = self.strategy.stage_epochs(stage, r.epochs)
+                optimizer = self.make_optimizer()
+                wrapped = False
+                for epoch in range(n_epochs):
+                    if state is not None and global_epoch < state["global_epoch"]:
+                        if global_epoch == state["global_epoch"] - 1:  # the last finished epoch
+                            optimizer.load_state_dict(state["optimizer"])
+                            global_step = state["global_step"]
+                            restore_rng(state["rng"])
+                        global_epoch += 1
+                        continue
+                    if not wrapped:
+                        self.wrap_step_module()
+                        wrapped = True
+                    for group in optimizer.param_groups:
+                        group["lr"] = r.lr * (r.lr_decay ** epoch)
+                    t0 = time.perf_counter()
+                    stats, n_clips, global_step = self._train_epoch(optimizer, stage, global_epoch, global_step)
+                    synchronize(self.device)
+                    dt = time.perf_counter() - t0
+                    train_clips += n_clips
+                    train_time += dt
+                    row = {"epoch": global_epoch, "stage": stage_index, "lr": optimizer.param_groups[0]["lr"],
+                           "train_clips_per_s": n_clips / dt if dt > 0 else float("nan"), **stats}
+                    row.update({f"diag/{k}": float(v) for k, v in self.strategy.epoch_diagnostics().items()})
+                    last = stage_index == len(stages) - 1 and epoch == n_epochs - 1
+                    if self.strategy.stage_uses_labels(stage) and (r.eval_every_epoch or last):
+                        with self.using_recipe(base):
+                            ev = self.evaluate(retrieval=last)
+                        row.update(ev.metrics)
+                        row["eval_clips_per_s"] = ev.clips_per_s
+                        if last:
+                            result.final = ev
+                    result.history.append(row)
+                    if self.on_epoch is not None and self.rank == 0:
+                        self.on_epoch(global_epoch, row)
+                    if self.checkpoint_path is not None and self.rank == 0:
+                        save_checkpoint(self.checkpoint_path, self.strategy, optimizer, global_epoch + 1,
+                                        global_step, result.history)
                     global_epoch += 1
-                    continue
-                if not wrapped:
-                    self.wrap_step_module()
-                    wrapped = True
-                for group in optimizer.param_groups:
-                    group["lr"] = r.lr * (r.lr_decay ** epoch)
-                t0 = time.perf_counter()
-                stats, n_clips, global_step = self._train_epoch(optimizer, stage, global_epoch, global_step)
-                synchronize(self.device)
-                dt = time.perf_counter() - t0
-                train_clips += n_clips
-                train_time += dt
-                row = {"epoch": global_epoch, "stage": stage_index, "lr": optimizer.param_groups[0]["lr"],
-                       "train_clips_per_s": n_clips / dt if dt > 0 else float("nan"), **stats}
-                row.update({f"diag/{k}": float(v) for k, v in self.strategy.epoch_diagnostics().items()})
-                last = stage_index == len(stages) - 1 and epoch == n_epochs - 1
-                if self.strategy.stage_uses_labels(stage) and (r.eval_every_epoch or last):
-                    with self.using_recipe(base):
-                        ev = self.evaluate(retrieval=last)
-                    row.update(ev.metrics)
-                    row["eval_clips_per_s"] = ev.clips_per_s
-                    if last:
-                        result.final = ev
-                result.history.append(row)
-                if self.on_epoch is not None and self.rank == 0:
-                    self.on_epoch(global_epoch, row)
-                if self.checkpoint_path is not None and self.rank == 0:
-                    save_checkpoint(self.checkpoint_path, self.strategy, optimizer, global_epoch + 1,
-                                    global_step, result.history)
-                global_epoch += 1
-        self.recipe = base
+        finally:
+            self.recipe = base
         if result.final is None:  # resumed after the last epoch, or nothing trained with labels
             result.final = self.evaluate(retrieval=True)
         result.train_seconds = train_time
