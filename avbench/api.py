@@ -110,6 +110,9 @@ class Strategy(nn.Module):
     Config: ClassVar[type] = NoConfig
     capabilities: ClassVar[Capabilities] = Capabilities()
     stages: ClassVar[tuple[str, ...]] = ("train",)
+    # Named configurations (e.g. "paper" size vs "cpu" size): preset -> {Config field: value}.
+    # ``avbench run/show --preset NAME`` applies one after the dataset card and before ``--set``.
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     def __init__(self, cfg: Any, features: FeatureSpec, task: TaskSpec):
         super().__init__()
@@ -121,6 +124,24 @@ class Strategy(nn.Module):
         self.train_modality: str | None = None
 
     # --- checks -------------------------------------------------------------------------------
+    @classmethod
+    def search_space(cls, recipe: Any) -> dict[str, dict[str, Any]]:
+        """What ``avbench tune`` searches, keyed as for ``--set``: ``{"train.lr": {"type": "float",
+        "low": 1e-4, "high": 1e-2, "log": True}, "model.dropout": {"type": "categorical", "choices":
+        [0.0, 0.1]}, ...}``. The default (avbench/tune.py) searches lr over two decades around the
+        recipe's, weight decay, and the run length ``train.max_steps`` as a share of the tuning step
+        budget (the same for every strategy). Override to add the strategy's own fields."""
+        from avbench.tune import default_space
+
+        return default_space(recipe)
+
+    @classmethod
+    def canonical_config(cls, cfg: Any) -> Any:
+        """``cfg`` with values that stand for another field resolved (e.g. ``s_dim=0`` meaning "the model
+        width"), so two configs that build the same model compare equal (the report merges such rows).
+        Return ``dataclasses.replace(cfg, ...)``; the default returns ``cfg`` unchanged."""
+        return cfg
+
     @classmethod
     def check_compatible(cls, cfg: Any, features: FeatureSpec, task: TaskSpec) -> None:
         """Raise ``avbench.errors.UserError`` naming the problem when the cache cannot feed this model."""

@@ -11,10 +11,10 @@ import argparse
 import importlib
 import sys
 
-from avbench import __version__
+from avbench import __version__, config_file, log, results
 from avbench.errors import UserError
 
-COMMANDS = ("run", "list", "table", "cache", "extract", "bench", "sweep", "analyze", "report")
+COMMANDS = ("run", "eval", "list", "show", "table", "cache", "extract", "bench", "sweep", "analyze", "report", "sync", "tune")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,16 +34,33 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # a command not built yet
             raise
         module.add_parser(sub)
+    log.add_arguments(parser, sub.choices)  # -v/-q/--progress before or after the command
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    results.set_command(argv)  # the full command line, recorded in every results JSON
+    try:
+        args = config_file.parse_args(parser, argv)  # --config FILE under the command line's flags
+    except UserError as e:
+        print(f"avbench: error: {e}", file=sys.stderr)
+        return 2
+    log.configure(args)
+    from avbench.hardware import configure_threads
+
+    configure_threads()  # the cores this process may use (affinity, cgroup quota, OMP_NUM_THREADS), never more
     try:
         rc = args.func(args)
     except UserError as e:
         print(f"avbench {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a read-only or wrong path anywhere: one line, exit 2 (avbench.fsguard)
+        from avbench.fsguard import is_write_error, os_error
+
+        if not is_write_error(e):
+            raise
+        print(f"avbench {args.command}: error: {os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("avbench: interrupted", file=sys.stderr)

@@ -10,9 +10,11 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from avbench.errors import UserError
 
@@ -99,7 +101,96 @@ def apply_overrides(cfg: Any, overrides: Mapping[str, Any], *, where: str = "con
         if key not in types_:
             raise UserError(unknown_key_message(key, types_, where))
         changes[key] = coerce(value, types_[key], key)
-    return dataclasses.replace(cfg, **changes)
+    out = dataclasses.replace(cfg, **changes)
+    check_ranges(out, where=where, given=overrides)
+    return out
+
+
+# --- value ranges ------------------------------------------------------------------------------------
+# A field declares its range once, on the dataclass: ``lr: float = in_range(5e-5, "(0, inf)")`` (or
+# ``field(..., metadata={"range": "(0, inf)"})``). ``apply_overrides`` checks every field of the result,
+# so plugin configs get the same checking. Fields without a declared range get the conservative rules
+# of ``inferred_range`` (floats finite; probabilities, head counts, batch sizes and epochs by name).
+
+RANGE = "range"
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    low: float
+    high: float
+    low_open: bool
+    high_open: bool
+
+    @classmethod
+    def parse(cls, text: str) -> Range:
+        """Interval notation: ``"[0, 1]"``, ``"(0, inf)"``, ``"[1, inf)"``."""
+        t = text.replace(" ", "")
+        if len(t) < 5 or t[0] not in "[(" or t[-1] not in "])" or "," not in t:
+            raise ValueError(f"bad range '{text}' (write e.g. '[0, 1]' or '(0, inf)')")
+        lo, hi = t[1:-1].split(",")
+        return cls(float(lo), float(hi), t[0] == "(", t[-1] == ")")
+
+    def contains(self, v: float) -> bool:
+        if math.isnan(v):  # NaN is in no range
+            return False
+        above = v > self.low if self.low_open else v >= self.low
+        below = v < self.high if self.high_open else v <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        def num(x: float) -> str:
+            return "inf" if x == float("inf") else "-inf" if x == float("-inf") else f"{x:g}"
+
+        return f"{'(' if self.low_open else '['}{num(self.low)}, {num(self.high)}{')' if self.high_open else ']'}"
+
+
+def in_range(default: Any, interval: str, **kwargs: Any) -> Any:
+    """A dataclass field with a declared range (checked on every ``apply_overrides``)."""
+    Range.parse(interval)  # fail at import time on a typo
+    return dataclasses.field(default=default, metadata={RANGE: interval}, **kwargs)
+
+
+_PROBABILITY = ("prob", "dropout")
+_POSITIVE_INT = ("heads", "batch_size", "epochs", "codebook_size", "num_codes", "num_classes")
+
+
+def inferred_range(name: str, typ: Any) -> Range | None:
+    """The range a field gets by its name and type when it declares none."""
+    if typ not in (int, float):
+        return None
+    if any(p in name for p in _PROBABILITY):
+        return Range(0.0, 1.0, False, False)
+    if typ is int and name.endswith(_POSITIVE_INT):
+        return Range(1.0, float("inf"), False, True)
+    if typ is float:
+        return Range(float("-inf"), float("inf"), True, True)  # finite
+    return None
+
+
+def field_range(f: dataclasses.Field, typ: Any) -> Range | None:
+    declared = f.metadata.get(RANGE) if f.metadata else None
+    if declared is not None:
+        return declared if isinstance(declared, Range) else Range.parse(declared)
+    return inferred_range(f.name, typ)
+
+
+def check_ranges(cfg: Any, *, where: str = "config", given: Mapping[str, Any] | None = None) -> None:
+    """Raise UserError on the first field of ``cfg`` outside its range (NaN and inf included)."""
+    types_ = field_types(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        typ = types_[f.name]
+        if typing.get_origin(typ) in (typing.Union, types.UnionType):
+            inner = [a for a in typing.get_args(typ) if a is not type(None)]
+            typ = inner[0] if len(inner) == 1 else typ
+        rng = field_range(f, typ)
+        if rng is not None and not rng.contains(float(value)):
+            what = "a finite number" if (rng.low, rng.high) == (float("-inf"), float("inf")) else f"in {rng}"
+            src = f"--set {f.name}={given[f.name]}" if given and f.name in given else f"{f.name}={value} ({where})"
+            raise UserError(f"{src}: must be {what}")
 
 
 def unknown_key_message(key: str, known: Iterable[str], where: str) -> str:

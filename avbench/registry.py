@@ -100,3 +100,23 @@ def load_dataset(name: str) -> Any:
     if not (isinstance(cls, type) and issubclass(cls, DatasetCard)):
         raise UserError(f"'{name}' is not an avbench.datasets.base.DatasetCard subclass")
     return cls()
+
+
+def preset(strategy_cls: type, name: str | None) -> dict[str, Any]:
+    """The ``{Config field: value}`` of the strategy's preset ``name`` ({} for None); a clear error
+    naming the presets there are when it has no such preset or the preset sets an unknown field."""
+    import dataclasses
+
+    if name is None:
+        return {}
+    presets = dict(getattr(strategy_cls, "presets", {}) or {})
+    if name not in presets:
+        known = ", ".join(sorted(presets)) or "none"
+        close = difflib.get_close_matches(name, list(presets), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise UserError(f"--preset {name}: {strategy_cls.name} has no such preset (presets: {known}){hint}")
+    fields = {f.name for f in dataclasses.fields(strategy_cls.Config)}
+    bad = sorted(set(presets[name]) - fields)
+    if bad:
+        raise UserError(f"preset '{name}' of {strategy_cls.name} sets unknown field(s): {', '.join(bad)}")
+    return dict(presets[name])

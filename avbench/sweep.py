@@ -18,15 +18,20 @@ metric against the swept parameter; parents the sweep creates also get ``avbench
 from __future__ import annotations
 
 import ast
+import dataclasses
 import itertools
 import json
 import operator
+import os
 import re
-import traceback
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 from avbench.errors import UserError
+from avbench.executor.base import describe_error
 
 TAG_SWEEP_PREFIX = "avbench.sweep."
 TAG_CREATED_BY = "avbench.created_by"
@@ -182,7 +187,7 @@ def _dotted(node: ast.AST) -> str:
     raise UserError("--tie: unsupported expression")
 
 
-def _format_number(v: int | float) -> str:
+def _format_number(v: float) -> str:
     if isinstance(v, float) and v.is_integer():
         return str(int(v))
     return repr(v) if isinstance(v, float) else str(v)
@@ -199,12 +204,23 @@ def check_name(name: str) -> str:
 
 
 @dataclass
+class SeedResult:
+    seed: int
+    status: str  # "ran", "skipped" (finished before), "failed", "cancelled"
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # MLflow metric names
+    error: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
 class PointResult:
     strategy: str
     point: dict[str, str]
     status: str  # "ran", "skipped" (every seed already finished), "partial", "failed"
     summary: dict[str, Any] | None = None
     error: str = ""
+    seeds: list[SeedResult] = field(default_factory=list)
 
 
 @dataclass
@@ -222,59 +238,253 @@ class SweepRequest:
     cache_root: str | None = None
     progress: bool = True
     save_model: bool = True
+    executor: str = "local"
+    jobs: int | None = None  # local: concurrent jobs (default 1)
+    address: str | None = None  # ray: cluster address (default: start a local one)
+    threads_per_job: int | None = None  # local default: usable cores // jobs; ray default: 1
+    gpus_per_job: float = 0.0
+    recipe_name: str = "default"  # --recipe: named Recipe overrides for every point (before --set)
+    preset: str | None = None  # --preset: a named strategy configuration for every point (before --set)
+
+
+@dataclass
+class _Plan:
+    """One (strategy, point): its parent run (made in the driver) or why it cannot run."""
+
+    strategy: str
+    point: dict[str, str]
+    tag_value: str
+    summary: dict[str, Any] | None = None  # runner.run with no seeds: parent id, primary metric, config
+    error: str = ""
+    seeds: dict[int, SeedResult] = field(default_factory=dict)
 
 
 def run_sweep(req: SweepRequest, on_point: Callable[[int, int, PointResult], None] | None = None,
-              run_fn: Callable[..., dict[str, Any]] | None = None) -> list[PointResult]:
-    """Run every (strategy, point); never stops on a failed point (KeyboardInterrupt does stop it)."""
-    from avbench import runner
+              executor: Any = None) -> list[PointResult]:
+    """Run every (strategy, point, seed) as one job on the executor; never stops on a failed job.
 
-    run_fn = run_fn or runner.run
+    In the driver, before any job starts: every point is resolved (a bad value fails here, cheaply),
+    its MLflow parent is found or created (so concurrent seeds never race to create it, and the
+    tracking store exists before workers open it), and seeds with a finished child are skipped. Jobs
+    then run wherever the executor puts them. Ctrl-C cancels the running jobs, marks their runs KILLED
+    and re-raises KeyboardInterrupt; a rerun resumes.
+    """
+    from avbench.executor import make_executor
+    from avbench.executor.progress import SweepProgress
+
     name = check_name(req.name or default_name(req.grid))
     points = req.grid.points()
     clash = sorted(set(req.overrides) & set(points[0])) if points else []
     if clash:
         raise UserError(f"{', '.join(clash)} is both swept and set with --set")
-    total = len(req.strategies) * len(points)
-    results: list[PointResult] = []
-    i = 0
-    for strategy in req.strategies:
-        for point in points:
-            i += 1
-            tag_value = json.dumps({"point": point, "x": req.grid.x_key, "axes": req.grid.swept_keys}, sort_keys=True)
-            rr = runner.RunRequest(
-                strategy=strategy, dataset=req.dataset, cache=req.cache, seeds=list(req.seeds), epochs=req.epochs,
-                overrides={**req.overrides, **point}, results_dir=req.results_dir, device=req.device,
-                cache_root=req.cache_root, progress=req.progress, skip_finished=True, save_model=req.save_model,
-                extra_tags={TAG_CREATED_BY: f"sweep:{name}", TAG_SWEEP_PREFIX + name: tag_value})
-            try:
-                summary = run_fn(rr)
-            except KeyboardInterrupt:
-                raise
-            except UserError as e:
-                res = PointResult(strategy, point, "failed", error=str(e))
-            except Exception as e:  # one bad point must not stop the sweep
-                tb = traceback.extract_tb(e.__traceback__)
-                where = f" ({tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno})" if tb else ""
-                res = PointResult(strategy, point, "failed", error=f"{type(e).__name__}: {e}{where}")
+    req = _absolute(req)  # a job may run in another working directory (Ray) or on another node
+    own = executor is None
+    ex = executor or make_executor(req.executor, jobs=req.jobs, address=req.address,
+                                   threads_per_job=req.threads_per_job, gpus_per_job=req.gpus_per_job,
+                                   env=_job_env())
+    try:
+        _check_tracking_shared(ex, req.results_dir)
+        plans = [_plan(req, name, strategy, point) for strategy in req.strategies for point in points]
+        tracker = _tracker(req.results_dir) if any(p.summary for p in plans) else None
+        if tracker is not None:
+            _tag_parents(tracker, name, plans)
+        jobs = _jobs(req, name, plans, tracker)
+        total = len(plans) * len(req.seeds)
+        failed = sum(len(req.seeds) for p in plans if p.error)
+        progress = SweepProgress(total, ex.slots, already_done=total - len(jobs), already_failed=failed,
+                                 enabled=req.progress, desc=f"sweep {name}")
+        progress.write(f"{ex.describe()}; {len(jobs)} job(s) to run, {total - len(jobs) - failed} already finished, "
+                       f"{failed} failed before starting")
+        for plan in plans:
+            if plan.error:
+                progress.write(f"{plan.strategy} {format_point(plan.point)}: failed: {plan.error}")
+        started_ms = int(time.time() * 1000)
+        try:
+            _drive(ex, jobs, plans, len(req.seeds), progress, on_point)
+        except KeyboardInterrupt:
+            progress.write(f"interrupted: cancelling {ex.running()} running job(s)")
+            ex.cancel()
+            _mark_killed(tracker, plans, started_ms)
+            raise
+        finally:
+            progress.close()
+        if tracker is not None:  # concurrent seeds may each have written a partial summary
+            for plan in plans:
+                if plan.summary and any(s.status == "ran" for s in plan.seeds.values()):
+                    tracker.update_parent_summary(plan.summary["parent_run_id"])
+        return [_point_result(plan, req.seeds) for plan in plans]
+    finally:
+        if own:
+            ex.close()
+
+
+def _absolute(req: SweepRequest) -> SweepRequest:
+    """Paths as the driver sees them: every job reads the same cache and writes the same results."""
+    from avbench.paths import cache_root
+
+    return dataclasses.replace(req, results_dir=str(Path(req.results_dir).expanduser().resolve()),
+                               cache_root=str(cache_root(req.cache_root).resolve()),
+                               cache=str(Path(req.cache).expanduser().resolve()) if req.cache else None)
+
+
+def _job_env() -> dict[str, str]:
+    """The driver's MLflow settings travel with every job (a Ray node has its own environment)."""
+    keep = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+            "MLFLOW_ENABLE_ASYNC_LOGGING")
+    return {k: os.environ[k] for k in keep if k in os.environ}
+
+
+def _check_tracking_shared(ex: Any, results_dir: str) -> None:
+    from avbench.tracking import tracking_uri
+
+    uri = tracking_uri(results_dir)
+    if ex.multi_node and uri.startswith(("sqlite:", "file:")):
+        raise UserError(f"the Ray cluster has several nodes but MLflow is {uri}, a file on this machine; "
+                        "start a tracking server (mlflow server ...) and set MLFLOW_TRACKING_URI=http://HOST:PORT")
+
+
+def run_seed(rr: Any) -> dict[str, Any]:
+    """A job: one (point, seed) through ``runner.run``; returns that seed's record (picklable)."""
+    from avbench import runner
+
+    summary = runner.run(rr)
+    s = summary["seeds"][0]
+    return {"seed": s["seed"], "run_id": s["run_id"], "skipped": bool(s["skipped"]),
+            "metrics": {k: float(v) for k, v in s["metrics"].items()}, "parent_run_id": summary["parent_run_id"]}
+
+
+def _request(req: SweepRequest, name: str, strategy: str, point: dict[str, str], tag_value: str,
+             seeds: list[int]) -> Any:
+    from avbench import runner
+
+    return runner.RunRequest(
+        strategy=strategy, dataset=req.dataset, cache=req.cache, seeds=seeds, epochs=req.epochs,
+        overrides={**req.overrides, **point}, results_dir=req.results_dir, device=req.device,
+        cache_root=req.cache_root, progress=False, skip_finished=True, save_model=req.save_model,
+        recipe_name=req.recipe_name, preset=req.preset, extra_tags={TAG_CREATED_BY: f"sweep:{name}", TAG_SWEEP_PREFIX + name: tag_value})
+
+
+def _plan(req: SweepRequest, name: str, strategy: str, point: dict[str, str]) -> _Plan:
+    """Resolve the point and make its parent run, in the driver (``runner.run`` with no seeds)."""
+    from avbench import runner
+
+    tag_value = json.dumps({"point": point, "x": req.grid.x_key, "axes": req.grid.swept_keys}, sort_keys=True)
+    plan = _Plan(strategy, point, tag_value)
+    try:
+        plan.summary = runner.run(_request(req, name, strategy, point, tag_value, []))
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 -- one bad point must not stop the sweep
+        plan.error = describe_error(e)
+        plan.seeds = {s: SeedResult(s, "failed", error=plan.error) for s in req.seeds}
+        return plan
+    return plan
+
+
+def _jobs(req: SweepRequest, name: str, plans: list[_Plan], tracker: Any) -> list[Any]:
+    """One job per seed without a finished child; finished seeds are recorded as skipped."""
+    from avbench.executor import Job
+    from avbench.tracking import metric_name
+
+    jobs = []
+    for i, plan in enumerate(plans):
+        if plan.error:
+            continue
+        parent = plan.summary["parent_run_id"]
+        finished = {r.data.tags.get("avbench.seed"): r for r in tracker.children(parent)}
+        for seed in req.seeds:
+            done = finished.get(str(seed))
+            if done is not None:
+                plan.seeds[seed] = SeedResult(seed, "skipped", done.info.run_id,
+                                              {metric_name(k): v for k, v in done.data.metrics.items()})
+                continue
+            rr = _request(req, name, plan.strategy, plan.point, plan.tag_value, [seed])
+            jobs.append(Job(key=f"{i}:{seed}", fn=run_seed, args=(rr,),
+                            label=f"{plan.strategy} {format_point(plan.point)} seed {seed}"))
+    return jobs
+
+
+def _drive(ex: Any, jobs: list[Any], plans: list[_Plan], n_seeds: int, progress: Any,
+           on_point: Callable[[int, int, PointResult], None] | None) -> None:
+    """Submit every job, record each outcome as it arrives; ``on_point`` when a point's seeds are all in."""
+    from avbench.tracking import metric_name
+
+    labels = {j.key: j.label for j in jobs}
+    for job in jobs:
+        ex.submit(job)
+    points_done = 0
+    while ex.outstanding():
+        outcomes = ex.wait(timeout=1.0)
+        for o in outcomes:
+            i, seed = (int(x) for x in o.key.split(":"))
+            plan = plans[i]
+            if o.ok:
+                v = o.value
+                plan.seeds[seed] = SeedResult(seed, "skipped" if v["skipped"] else "ran", v["run_id"],
+                                              {metric_name(k): x for k, x in v["metrics"].items()}, seconds=o.seconds)
             else:
-                _tag_parent(req.results_dir, summary.get("parent_run_id"), TAG_SWEEP_PREFIX + name, tag_value)
-                skipped = [s for s in summary["seeds"] if s.get("skipped")]
-                status = "skipped" if len(skipped) == len(summary["seeds"]) else ("partial" if skipped else "ran")
-                res = PointResult(strategy, point, status, summary=summary)
-            results.append(res)
-            if on_point is not None:
-                on_point(i, total, res)
-    return results
+                plan.seeds[seed] = SeedResult(seed, "cancelled" if o.cancelled else "failed", error=o.error,
+                                              seconds=o.seconds)
+            progress.running = ex.running()
+            progress.finished(o.seconds if o.ok else 0.0, failed=not o.ok,
+                              line=_job_line(progress, labels[o.key], plan.seeds[seed], plan))
+            if on_point is not None and len(plan.seeds) == n_seeds:
+                points_done += 1
+                on_point(points_done, len(plans), _point_result(plan, sorted(plan.seeds)))
+        progress.set_running(ex.running())
 
 
-def _tag_parent(results_dir: str, parent: str | None, key: str, value: str) -> None:
-    """A parent that existed before the sweep (a plain ``avbench run``) joins the sweep by tag."""
-    if not parent:
-        return
+def _job_line(progress: Any, label: str, s: SeedResult, plan: _Plan) -> str:
+    head = f"[{progress.done + 1}/{progress.total}] {label}: {s.status}"  # this job counted
+    if s.status in ("failed", "cancelled"):
+        return f"{head}: {s.error}"
+    primary = (plan.summary or {}).get("primary_metric", "")
+    fused = s.metrics.get(f"fusion/{primary}")
+    return head + f" in {s.seconds:.1f} s" + (f" (fusion {primary} {100 * fused:.2f})" if fused is not None else "")
+
+
+def _point_result(plan: _Plan, seeds: list[int]) -> PointResult:
+    from avbench.metrics.stats import mean_std_ci
+
+    per_seed = [plan.seeds[s] for s in seeds if s in plan.seeds]
+    statuses = {s.status for s in per_seed}
+    bad = [s for s in per_seed if s.status in ("failed", "cancelled")]
+    if plan.error:
+        return PointResult(plan.strategy, plan.point, "failed", error=plan.error, seeds=per_seed)
+    ok = [s for s in per_seed if s.status in ("ran", "skipped")]
+    keys = sorted({k for s in ok for k in s.metrics})
+    summary = {**plan.summary, "seeds": [dataclasses.asdict(s) for s in per_seed],
+               "summary": {k: mean_std_ci([s.metrics[k] for s in ok if k in s.metrics]) for k in keys}}
+    if bad:
+        errors = "; ".join(f"seed {s.seed}: {s.error}" for s in bad)
+        return PointResult(plan.strategy, plan.point, "failed", summary, errors, per_seed)
+    status = "skipped" if statuses == {"skipped"} else ("partial" if "skipped" in statuses else "ran")
+    return PointResult(plan.strategy, plan.point, status, summary, seeds=per_seed)
+
+
+def _tracker(results_dir: str) -> Any:
     from avbench.tracking import Tracker
 
-    Tracker(results_dir).client.set_tag(parent, key, value)
+    return Tracker(results_dir)
+
+
+def _mark_killed(tracker: Any, plans: list[_Plan], since_ms: int) -> None:
+    """Runs a cancelled job could not close itself (a worker killed hard) are marked KILLED here."""
+    if tracker is None:
+        return
+    for plan in plans:
+        if not plan.summary:
+            continue
+        for run in tracker.children(plan.summary["parent_run_id"], finished_only=False):
+            if run.info.status == "RUNNING" and run.info.start_time >= since_ms:
+                tracker.finish(run.info.run_id, "KILLED")
+
+
+def _tag_parents(tracker: Any, name: str, plans: list[_Plan]) -> None:
+    """A parent that existed before the sweep (a plain ``avbench run``) joins the sweep by tag."""
+    for plan in plans:
+        if plan.summary and plan.summary.get("parent_run_id"):
+            tracker.client.set_tag(plan.summary["parent_run_id"], TAG_SWEEP_PREFIX + name, plan.tag_value)
 
 
 def format_point(point: dict[str, str]) -> str:

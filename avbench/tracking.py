@@ -1,20 +1,41 @@
-"""MLflow is the record: an experiment per dataset, a parent run per (strategy, config, cache,
-recipe, protocol) carrying ``<metric>_mean``/``_std``/``_n``, and a child run per seed with params,
-per-epoch metrics, throughput and a ``result.json`` artifact.
+"""MLflow is the shared view: an experiment per dataset, a parent run per (strategy, config, cache,
+recipe, protocol) carrying ``<metric>_mean``/``_std``/``_n`` of the evaluation metrics, and a child run
+per seed with params, per-epoch metrics, throughput and a ``result.json`` artifact.
+
+The record of truth is local (``avbench.record``): MLflow may be a server that goes away, so this
+module gives every call a bounded, stated timeout (``HTTP_TIMEOUT_S``/``HTTP_RETRIES``), probes a
+server in seconds before a run starts, and ``Resilient`` turns the first failure into "offline" (the
+run finishes; ``avbench sync`` sends it later) instead of a 10-minute retry and a traceback.
+
+Conventions an MLflow user expects: the standard ``mlflow.source.*``/``mlflow.user``/
+``mlflow.note.content`` tags, the cache logged as a dataset input, a parent RUNNING while its seeds
+run, experiments in the classic ML layout (``mlflow.experimentKind``) and no empty "Default"
+experiment. A (group, seed) has one FINISHED child: readers (``children``) never count a seed twice.
 
 The client API (``MlflowClient``) is used throughout, with the parent tag set explicitly, so runs
-made by several processes (sweeps, distributed rank 0) nest correctly.
+made by several processes (sweeps, distributed rank 0) nest correctly; creating the sqlite store is
+serialised by a file lock so several processes may start in one fresh results folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
+import getpass
 import json
 import math
 import os
+import shlex
+import socket
+import subprocess
 import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
+from avbench.errors import UserError
 from avbench.metrics.stats import mean_std_ci
 
 TAG_KIND = "avbench.kind"
@@ -22,7 +43,24 @@ TAG_GROUP = "avbench.group"
 TAG_STRATEGY = "avbench.strategy"
 TAG_DATASET = "avbench.dataset"
 TAG_SEED = "avbench.seed"
+TAG_PROCESS = "avbench.process"  # "<host>:<pid>:<process start time>" of the process that owns a RUNNING run
+TAG_RECORD = "avbench.record"  # the local record a child run mirrors (avbench.record)
 TAG_PARENT = "mlflow.parentRunId"
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the classic ML layout in the UI
+
+# Every HTTP call to a tracking server: at most HTTP_RETRIES retries of HTTP_TIMEOUT_S each (with a
+# 1 s exponential backoff); a server that stays away costs a run well under a minute, once.
+HTTP_TIMEOUT_S = 10
+HTTP_RETRIES = 2
+PROBE_TIMEOUT_S = 3.0
+# What a parent run aggregates over its seeds: what the model scored (columns, retrieval, per-head
+# union F1, the analyses) and whether training converged; never lr, stage or losses.
+EVAL_PREFIXES = ("audio/", "video/", "fusion/", "retrieval/", "test/", "heads/", "analysis/")
+EVAL_KEYS = ("converged",)
+
+
+class TrackingUnavailable(UserError):
+    """The tracking server cannot be reached (a one-line message; the local record is unaffected)."""
 
 
 def tracking_uri(results_dir: str | Path) -> str:
@@ -39,50 +77,211 @@ def experiment_name(dataset: str) -> str:
     return f"avbench-{dataset}"
 
 
+def is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def probe(uri: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why a tracking server cannot be reached (None when it answers, or when the URI is not HTTP)."""
+    if not is_remote(uri):
+        return None
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout)
+    except requests.RequestException as e:
+        reason = type(e).__name__
+        if isinstance(e, requests.ConnectionError):
+            reason = "connection refused or host unreachable"
+        elif isinstance(e, requests.Timeout):
+            reason = f"no answer within {timeout:g} s"
+        return reason
+    return None
+
+
+@contextlib.contextmanager
+def store_lock(directory: Path) -> Iterator[None]:
+    """An exclusive lock on ``directory/.mlflow.lock`` (creating or migrating the sqlite store)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".mlflow.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# --- who owns a RUNNING run ------------------------------------------------------------------------
+def _start_time(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def process_tag() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid()) or ''}"
+
+
+def process_alive(tag: str) -> bool | None:
+    """Whether the process named by ``process_tag()`` still runs (None: another host, cannot tell)."""
+    host, _, rest = tag.partition(":")
+    pid_s, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid_s.isdigit():
+        return None
+    pid = int(pid_s)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not start or _start_time(pid) == start  # a reused pid is another process
+
+
+# --- standard MLflow tags --------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The avbench checkout's commit (None outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+def command_line() -> str:
+    """The command line as the CLI received it (``avbench.results`` records it), else ``sys.argv``."""
+    from avbench import results
+
+    argv = results.command()
+    prog = Path(argv[0]).name if argv else "avbench"
+    if prog in ("__main__.py", "-m", "-c") or prog.startswith("python"):
+        prog = "avbench"
+    return shlex.join([prog, *argv[1:]])
+
+
+def source_tags() -> dict[str, str]:
+    """``mlflow.source.*``, ``mlflow.user`` and the command line as the run's description."""
+    tags = {"mlflow.source.name": " ".join(command_line().split()[:2]), "mlflow.source.type": "LOCAL",
+            "mlflow.note.content": command_line()}
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):
+        pass
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def is_eval_metric(key: str) -> bool:
+    return (key.startswith(EVAL_PREFIXES) or key in EVAL_KEYS) and "clips_per_s" not in key
+
+
 class Tracker:
     def __init__(self, results_dir: str | Path):
         import logging
 
         from mlflow.tracking import MlflowClient
 
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+        for name, level in (("mlflow", logging.WARNING), ("alembic", logging.WARNING), ("urllib3", logging.ERROR)):
+            logging.getLogger(name).setLevel(level)
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(HTTP_TIMEOUT_S))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(HTTP_RETRIES))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         self.results_dir = Path(results_dir).expanduser().resolve()
         self.uri = tracking_uri(self.results_dir)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        down = probe(self.uri)
+        if down:
+            raise TrackingUnavailable(f"tracking server {self.uri} is not reachable ({down})")
+        with self._lock():  # sqlite: the first process creates and migrates the store; the others wait
+            self.client = MlflowClient(tracking_uri=self.uri)
+            if self.uri.startswith("sqlite:"):
+                self.client.search_experiments(max_results=1)
+                self._drop_empty_default()
+
+    def _drop_empty_default(self) -> None:
+        """MLflow's sqlite store makes an empty "Default" experiment; avbench never uses it."""
+        exp = self.client.get_experiment("0")
+        if exp is not None and exp.lifecycle_stage == "active" and not self.client.search_runs(["0"], max_results=1):
+            with contextlib.suppress(Exception):
+                self.client.delete_experiment("0")
 
     # --- experiments and runs ---------------------------------------------------------------------
     def experiment_id(self, dataset: str, create: bool = True) -> str | None:
         name = experiment_name(dataset)
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
+            if exp.tags.get(EXPERIMENT_KIND[0]) is None and create:
+                self.client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
             return exp.experiment_id
         if not create:
             return None
         location = None
         if self.uri.startswith("sqlite:"):
             location = (self.results_dir / "artifacts").as_uri()
-        return self.client.create_experiment(name, artifact_location=location)
+        try:
+            return self.client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
+        except Exception:  # another process created it first
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def find_parent(self, dataset: str, group: str) -> str | None:
+        exp = self.experiment_id(dataset, create=False)
+        if exp is None:
+            return None
+        found = self.client.search_runs([exp], filter_string=f"tags.`{TAG_GROUP}` = '{group}' and "
+                                                            f"tags.`{TAG_KIND}` = 'parent'", max_results=1,
+                                        order_by=["attributes.start_time ASC"])
+        return found[0].info.run_id if found else None
 
     def parent_run(self, dataset: str, group: str, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
-        """Find the parent run of ``group`` (so new seeds join it) or create it."""
-        exp = self.experiment_id(dataset)
-        found = self.client.search_runs([exp], filter_string=f"tags.`{TAG_GROUP}` = '{group}' and "
-                                                            f"tags.`{TAG_KIND}` = 'parent'", max_results=1)
-        if found:
-            return found[0].info.run_id
-        run = self.client.create_run(exp, run_name=name, tags={TAG_KIND: "parent", TAG_GROUP: group,
-                                                               TAG_DATASET: dataset, **tags})
+        """Find the parent run of ``group`` (so new seeds join it) or create it (left RUNNING)."""
+        with self._lock():  # two processes of one group make one parent
+            found = self.find_parent(dataset, group)
+            if found:
+                return found
+            exp = self.experiment_id(dataset)
+            run = self.client.create_run(exp, run_name=name, tags={TAG_KIND: "parent", TAG_GROUP: group,
+                                                                   TAG_DATASET: dataset, TAG_PROCESS: process_tag(),
+                                                                   **source_tags(), **tags})
         self.log_params(run.info.run_id, params)
-        self.client.set_terminated(run.info.run_id, "FINISHED")
         return run.info.run_id
 
+    def _lock(self) -> Any:
+        """The store's own folder is locked (sqlite), so every process using that database agrees."""
+        if not self.uri.startswith("sqlite:"):
+            return contextlib.nullcontext()
+        return store_lock(Path(self.uri[len("sqlite:///"):]).parent if self.uri.startswith("sqlite:///")
+                          else self.results_dir)
+
+    def begin(self, run_id: str) -> None:
+        """Mark a run RUNNING and owned by this process (a parent while its seeds run, a resumed child)."""
+        self.client.set_tag(run_id, TAG_PROCESS, process_tag())
+        self.client.update_run(run_id, status="RUNNING")
+
     def children(self, parent_id: str, finished_only: bool = True) -> list[Any]:
+        """Child runs of a parent; with ``finished_only`` one per seed (the latest), so no seed counts twice."""
         parent = self.client.get_run(parent_id)
         filt = f"tags.`{TAG_PARENT}` = '{parent_id}'"
         if finished_only:
             filt += " and attributes.status = 'FINISHED'"
-        return self.client.search_runs([parent.info.experiment_id], filter_string=filt, max_results=10000)
+        runs = self.client.search_runs([parent.info.experiment_id], filter_string=filt, max_results=10000,
+                                       order_by=["attributes.start_time DESC"])
+        if not finished_only:
+            return runs
+        latest: dict[str, Any] = {}
+        for run in runs:
+            latest.setdefault(run.data.tags.get(TAG_SEED, run.info.run_id), run)
+        return list(latest.values())
+
+    def seed_runs(self, parent_id: str, seed: int) -> list[Any]:
+        """Every child of ``seed`` under the parent, newest first."""
+        return [r for r in self.children(parent_id, finished_only=False) if r.data.tags.get(TAG_SEED) == str(seed)]
 
     def finished_seed(self, parent_id: str, seed: int) -> str | None:
         for run in self.children(parent_id):
@@ -93,9 +292,22 @@ class Tracker:
     def start_child(self, parent_id: str, seed: int, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
         parent = self.client.get_run(parent_id)
         run = self.client.create_run(parent.info.experiment_id, run_name=f"{name}-seed{seed}",
-                                     tags={TAG_KIND: "seed", TAG_PARENT: parent_id, TAG_SEED: str(seed), **tags})
+                                     tags={TAG_KIND: "seed", TAG_PARENT: parent_id, TAG_SEED: str(seed),
+                                           TAG_PROCESS: process_tag(), **source_tags(), **tags})
         self.log_params(run.info.run_id, params)
         return run.info.run_id
+
+    def mark_stale_killed(self) -> int:
+        """Runs left RUNNING by a process of this host that no longer exists become KILLED."""
+        n = 0
+        for exp in self.client.search_experiments(max_results=1000):
+            for run in self.client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                               max_results=10000):
+                owner = run.data.tags.get(TAG_PROCESS)
+                if owner and process_alive(owner) is False:
+                    self.client.set_terminated(run.info.run_id, "KILLED")
+                    n += 1
+        return n
 
     # --- logging ----------------------------------------------------------------------------------
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
@@ -106,8 +318,6 @@ class Tracker:
             self.client.log_batch(run_id, params=items[i:i + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
@@ -115,6 +325,14 @@ class Tracker:
                  if isinstance(v, (int, float)) and math.isfinite(float(v))]
         for i in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[i:i + 500])
+
+    def log_dataset(self, run_id: str, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
+        """The feature cache as the run's dataset input (shown in the UI's Datasets column)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        ds = Dataset(name=name, digest=digest or "unknown", source_type="local", source=json.dumps({"uri": source}),
+                     profile=json.dumps(profile, default=str))
+        self.client.log_inputs(run_id, datasets=[DatasetInput(ds, tags=[InputTag("mlflow.data.context", "train")])])
 
     def log_json(self, run_id: str, name: str, data: Any) -> None:
         with tempfile.TemporaryDirectory() as d:
@@ -128,12 +346,14 @@ class Tracker:
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
 
-    def update_parent_summary(self, parent_id: str) -> dict[str, dict[str, float]]:
-        """Recompute ``<metric>_mean``, ``_std``, ``_n`` over finished children."""
+    def update_parent_summary(self, parent_id: str, keys: Iterable[str] | None = None) -> dict[str, dict[str, float]]:
+        """Recompute ``<metric>_mean``, ``_std``, ``_n`` of the evaluation metrics over finished seeds."""
+        wanted = {_metric_key(k) for k in keys} if keys is not None else None
         values: dict[str, list[float]] = {}
         for run in self.children(parent_id):
             for k, v in run.data.metrics.items():
-                values.setdefault(k, []).append(v)
+                if (k in wanted) if wanted is not None else is_eval_metric(k):
+                    values.setdefault(k, []).append(v)
         summary = {k: mean_std_ci(v) for k, v in values.items()}
         flat = {}
         for k, s in summary.items():
@@ -142,6 +362,51 @@ class Tracker:
             flat[f"{k}_n"] = s["n"]
         self.log_metrics(parent_id, flat)
         return summary
+
+    def start_eval(self, dataset: str, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        """An evaluation run (``avbench eval``): kind "eval", no parent, in the dataset's experiment."""
+        exp = self.experiment_id(dataset)
+        run = self.client.create_run(exp, run_name=name, tags={TAG_KIND: "eval", TAG_DATASET: dataset,
+                                                               TAG_PROCESS: process_tag(), **source_tags(), **tags})
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+
+class Resilient:
+    """A Tracker that never stops a run: the first failed call sets ``down`` (one reason) and every
+    later call is skipped, so the run trains on and its local record is sent by ``avbench sync``."""
+
+    def __init__(self, tracker: Tracker | None, down: str | None = None):
+        self.tracker = tracker
+        self.down = down if tracker is not None or down else "tracking disabled"
+
+    @classmethod
+    def open(cls, results_dir: str | Path) -> Resilient:
+        try:
+            return cls(Tracker(results_dir))
+        except TrackingUnavailable as e:
+            return cls(None, str(e))
+        except Exception as e:  # noqa: BLE001 - a broken store must not lose the run either
+            return cls(None, f"tracking store unusable ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+
+    @property
+    def up(self) -> bool:
+        return self.down is None
+
+    @property
+    def uri(self) -> str | None:
+        return self.tracker.uri if self.tracker is not None else None
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(tracker, ...)`` or None once tracking is down (KeyboardInterrupt still propagates)."""
+        if not self.up:
+            return None
+        try:
+            return fn(self.tracker, *args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - any tracking failure means "send it later"
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            self.down = f"tracking at {self.uri} failed ({type(e).__name__}{': ' + first if first else ''})"
+            return None
 
 
 def _metric_key(k: str) -> str:

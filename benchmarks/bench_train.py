@@ -1,7 +1,8 @@
 """One training step of every registered strategy, at paper size and at tiny size.
 
 Paper size: the strategy's default configuration (UAVM: 3 + 3 layers, width 1024, 4 heads) on
-VGGSound-shaped features (T 30, 1024-d, 309 classes), batch 144, bf16 autocast: the step
+VGGSound-shaped features (T 30, 1024-d, 309 classes), batch 144, in the precision ``auto`` picks
+for the device (bf16 where native and faster, else fp32; ``extra_info['precision']``): the step
 ``avbench run`` executes (``Engine.train_step`` on a pre-made batch; the data path is timed in
 bench_data.py). Tiny size: widths shrunk to 32, T 8, batch 16: the harness's fixed per-step cost.
 ``extra_info`` records clips/s, FLOPs per clip and parameters. Strategies that fail to import are
@@ -46,7 +47,7 @@ def test_train_step(benchmark, synthetic_caches, device, name, size):
     cache = synthetic_caches[size]
     sz = SIZES[size]
     strategy = _strategy(name, size, cache)
-    engine = Engine(strategy, cache, Recipe(batch_size=sz["batch"], amp="bf16"), seed=0, device=device,
+    engine = Engine(strategy, cache, Recipe(batch_size=sz["batch"], amp="auto"), seed=0, device=device,
                     progress=False)
     strategy.begin_stage(strategy.stages[0])
     strategy.train()
@@ -66,7 +67,7 @@ def test_train_step(benchmark, synthetic_caches, device, name, size):
     benchmark.pedantic(step, rounds=sz["rounds"], warmup_rounds=sz["warmup"], iterations=1)
     mean = benchmark.stats.stats.mean
     benchmark.extra_info.update({"strategy": name, "size": size, "batch": sz["batch"], "device": str(device),
-                                 "precision": "bf16", "clips_per_s": sz["batch"] / mean,
+                                 "precision": engine.precision, "clips_per_s": sz["batch"] / mean,
                                  "flops_per_clip": flops / sz["batch"],
                                  "achieved_gflops_per_s": flops / mean / 1e9,
                                  "parameters": strategy.num_parameters(), "threads": torch.get_num_threads()})

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from avbench.api import Batch, Capabilities, FeatureSpec, Strategy, TaskSpec
+from avbench.config import in_range  # value ranges, checked by every --set
 from avbench.errors import UserError
 
 _NO_CROSS = ("no representation is shared between the modalities: a head trained on one modality's "
@@ -226,7 +227,7 @@ class FiLMFusion(_PooledFusion):
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class GatedFusionConfig:
-    embed_dim: int = 512  # OGM-GE GatedFusion dim
+    embed_dim: int = in_range(512, "[1, inf)")  # OGM-GE GatedFusion dim
     gate_condition: Literal["audio", "video"] = "audio"  # the modality whose sigmoid gates the other
 
 

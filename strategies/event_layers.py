@@ -30,22 +30,33 @@ when the two widths match). Open choices of the paper, made explicit here:
   correspondence measure directly (5 of 5 seeds at lr 1e-3, gap >= 0.14).
 * **k on short feature sequences.** The paper used T = 100 with k = 10; here k is
   ``topk_fraction * T`` rounded (default 0.1: k = 3 on T = 30), at least 1, or an absolute ``topk``.
-* **Clips without onsets** fall back to the continuous pool. Fallbacks are counted: training ones
-  in ``epoch_diagnostics()`` (reset each epoch), evaluation ones (counted by the fused ``predict``,
-  so once per test clip per evaluation) in ``onset_fallback_stats()``.
+* **Clips without onsets** fall back to the continuous pool (the onset head still trains on it).
+  A fallback head does **not vote** by default: its pool is the continuous head's evidence again,
+  so its vote would count the continuous evidence twice (``fallback_votes=true`` lets it vote).
+  Fallbacks are counted: training ones in ``epoch_diagnostics()`` (reset each epoch), evaluation
+  ones (counted by the fused ``predict``, so once per test clip per evaluation) in
+  ``onset_fallback_stats()``. Synth's default onsets are the generator's exact evidence steps (an
+  oracle); ``--set data.onset_jitter/onset_miss/onset_false`` make them realistic.
 * **Onsets at inference.** ``predict``/``head_logits`` take an optional ``onsets`` keyword
   (``capabilities.onsets``), and the engine passes the test split's onsets; without them every clip
   falls back (and is counted).
-* **Single-label prediction** is the paper's majority vote of the five heads' argmax; when several
-  classes share the top vote count, the class of the most confident head among those voting for the
-  tied classes wins (``vote_tie_break=tied``; ``all`` takes the most confident head overall, the
-  literal reading of "the label from the most confident layer"). ``predict`` returns *vote scores*,
-  not raw logits: ``votes + 0.25 * mean head probability``, with the winner raised above every other
-  class, so the argmax is the vote, ties follow the rule, and ranking metrics (top-5, mAP) still see
-  a graded score. ``head_logits`` gives the raw per-head logits. On multilabel tasks the default
+* **Single-label prediction** is the paper's rule (sec. 4.1, ``vote_rule=majority``): a class voted
+  by more than half of the voting heads wins; "in case of disagreement among the layers that no
+  majority consensus exists, the label from the most confident layer is selected" (confidence: the
+  head's softmax probability of its argmax). ``vote_rule=plurality`` is the earlier rule kept as a
+  switch: the most voted class, a shared top count broken by the most confident head among those
+  voting for a tied class (``vote_tie_break=tied``) or among all heads (``all``). ``predict``
+  returns *vote scores*, not raw logits: ``votes + 0.25 * mean head probability``, with the winner
+  raised above every other class, so the argmax is the vote and ranking metrics (top-5, mAP) still
+  see a graded score. ``head_logits`` gives the raw per-head logits. On multilabel tasks the default
   (``predict_mode=auto``) returns the mean of the per-head logits instead, since a vote is defined
-  for a single label; the paper's multi-label prediction (union of the per-head argmax) is
-  ``predict_label_set``.
+  for a single label.
+* **Multi-label prediction** (paper sec. 4.2, Table 2) is the union of the five heads' argmax
+  (``predict_label_set``); every run reports its F1 against the labels beside the usual metrics
+  (``heads/union_f1`` per clip, ``heads/union_f1_micro``, ``heads/union_size``; the harness computes
+  them for any strategy with named heads). The union is the paper's, over all five heads: an onset
+  head on its fallback pool is in it (it adds a label only where its classifier disagrees with the
+  continuous head's).
 * **Audio-only / video-only evaluation** uses the head that is defined without the other modality:
   the audio head alone for audio-only, the visual head alone for video-only (the three audio-visual
   heads need both streams). One head's vote is its argmax, so those columns report its logits.
@@ -61,6 +72,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avbench.api import Batch, Capabilities, FeatureSpec, Strategy, TaskSpec
+from avbench.config import in_range  # value ranges, checked by every --set
 from avbench.errors import UserError
 from avbench.metrics.multilabel import union_of_argmax
 
@@ -117,48 +129,75 @@ def onset_pool(z: Tensor, onsets: Tensor | None) -> tuple[Tensor, Tensor]:
     return torch.bmm(w.unsqueeze(1).to(z.dtype), z).squeeze(1), fallback
 
 
-def vote_scores(logits: Tensor, multilabel: bool = False, tie_break: str = "tied") -> tuple[Tensor, Tensor]:
-    """Majority vote of ``H`` heads' argmax over ``logits [H, B, C]``.
+VOTE_RULES = ("majority", "plurality")
+
+
+def vote_scores(logits: Tensor, multilabel: bool = False, tie_break: str = "tied", rule: str = "majority",
+                voters: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Vote of ``H`` heads' argmax over ``logits [H, B, C]``.
 
     Returns (winner ``[B]`` long, scores ``[B, C]`` whose argmax is the winner). Confidence is the
-    head's softmax (sigmoid on multilabel tasks) probability of its own argmax. ``tie_break``:
-    ``tied`` picks the most confident head among those voting for a class with the top vote count;
-    ``all`` picks the most confident head overall when the top vote count is shared.
+    head's softmax (sigmoid on multilabel tasks) probability of its own argmax. ``voters [H, B]``
+    (bool, default all) says which heads vote for each clip; a head that does not vote neither
+    counts nor can be the most confident one.
+
+    ``rule="majority"`` (paper 003, sec. 4.1): a class voted by more than half of the voting heads
+    wins; without such a majority, the label of the most confident voting head. ``rule="plurality"``:
+    the class with the most votes; when several share the top count, ``tie_break`` decides: ``tied``
+    takes the most confident head among those voting for a tied class, ``all`` the most confident
+    voting head overall.
     """
+    if rule not in VOTE_RULES:
+        raise ValueError(f"rule must be one of {VOTE_RULES}, got {rule!r}")
     if tie_break not in ("tied", "all"):
         raise ValueError(f"tie_break must be 'tied' or 'all', got {tie_break!r}")
     h, b, c = logits.shape
     logits = logits.float()
+    voting = (torch.ones(h, b, dtype=torch.bool, device=logits.device) if voters is None
+              else voters.to(device=logits.device, dtype=torch.bool))
+    if not bool(voting.any(0).all()):
+        raise ValueError("every clip needs at least one voting head")
     probs = torch.sigmoid(logits) if multilabel else logits.softmax(-1)
     conf, pred = probs.max(-1)  # [H, B]
-    votes = F.one_hot(pred, c).sum(0).float()  # [B, C]
+    votes = (F.one_hot(pred, c) * voting.unsqueeze(-1)).sum(0).float()  # [B, C]
     top = votes.max(-1, keepdim=True).values
-    tied = votes == top  # [B, C]
-    n_tied = tied.sum(-1)  # [B]
-    eligible = tied.gather(1, pred.t())  # [B, H]: head votes for a top class
-    if tie_break == "all":
-        eligible = torch.where((n_tied > 1).unsqueeze(1), torch.ones_like(eligible), eligible)
+    if rule == "majority":
+        n_voting = voting.sum(0).float()  # [B]
+        consensus = top.squeeze(1) > n_voting / 2  # [B]
+        # With a majority, its class's voters are the eligible heads (any of them names that class);
+        # without one, every voting head is.
+        eligible = (pred.t() == votes.argmax(-1, keepdim=True)) | ~consensus.unsqueeze(1)
+    else:
+        tied = votes == top  # [B, C]
+        eligible = tied.gather(1, pred.t())  # [B, H]: head votes for a top class
+        if tie_break == "all":
+            n_tied = tied.sum(-1)
+            eligible = torch.where((n_tied > 1).unsqueeze(1), torch.ones_like(eligible), eligible)
+    eligible = eligible & voting.t()
     masked = torch.where(eligible, conf.t(), torch.full_like(conf.t(), -1.0))
     best_head = masked.argmax(-1)  # [B]; first head wins an exact confidence tie
     winner = pred.t().gather(1, best_head.unsqueeze(1)).squeeze(1)
-    scores = votes + 0.25 * probs.mean(0)
-    win_score = top.squeeze(1) + 0.5 + 0.25 * probs.mean(0).gather(1, winner.unsqueeze(1)).squeeze(1)
+    mean_prob = (probs * voting.unsqueeze(-1)).sum(0) / voting.sum(0).unsqueeze(-1)
+    scores = votes + 0.25 * mean_prob
+    win_score = top.squeeze(1) + 0.5 + 0.25 * mean_prob.gather(1, winner.unsqueeze(1)).squeeze(1)
     scores = scores.scatter(1, winner.unsqueeze(1), win_score.unsqueeze(1))
     return winner, scores
 
 
 @dataclass
 class EventLayersConfig:
-    embed_dim: int = 512  # projection width D (the paper's backbones emit 512-d steps)
+    embed_dim: int = in_range(512, "[1, inf)")  # projection width D (the paper's backbones emit 512-d steps)
     project: bool = True  # learned per-modality Linear to embed_dim; false needs equal widths
-    topk_fraction: float = 0.1  # k = round(fraction * T), at least 1 (paper: k = 10 of T = 100)
-    topk: int | None = None  # absolute k; overrides topk_fraction
-    vote_tie_break: Literal["tied", "all"] = "tied"
+    topk_fraction: float = in_range(0.1, "(0, 1]")  # k = round(fraction * T), at least 1 (paper: k = 10 of T = 100)
+    topk: int | None = in_range(None, "[1, inf)")  # absolute k; overrides topk_fraction
+    vote_rule: Literal["majority", "plurality"] = "majority"  # paper: majority, else most confident
+    vote_tie_break: Literal["tied", "all"] = "tied"  # plurality only: how a shared top count is broken
+    fallback_votes: bool = False  # does the onset head vote for a clip without onsets (its fallback pool)?
     predict_mode: Literal["auto", "vote", "mean"] = "auto"  # auto: vote (single-label), mean (multilabel)
     # Not in the paper (0 = off): a clip-level audio-visual InfoNCE on the mean projected features,
     # weighted into the loss, so that v_t . a_t measures correspondence (see module docstring).
-    align_weight: float = 0.0
-    align_temperature: float = 0.1
+    align_weight: float = in_range(0.0, "[0, inf)")
+    align_temperature: float = in_range(0.1, "(0, inf)")
 
 
 class EventLayers(Strategy):
@@ -223,13 +262,15 @@ class EventLayers(Strategy):
         return self._forward(audio, video, onsets, count)[0]
 
     def _forward(self, audio: Tensor | None, video: Tensor | None, onsets: Tensor | None,
-                 count: str | None) -> tuple[dict[str, Tensor], Tensor | None, Tensor | None]:
-        """Per-head logits, plus the projected per-step features (zv, za) for the alignment loss."""
+                 count: str | None) -> tuple[dict[str, Tensor], Tensor | None, Tensor | None, Tensor | None]:
+        """Per-head logits, the projected per-step features (zv, za) for the alignment loss, and the
+        onset head's fallback mask ``[B]`` (None without both modalities)."""
         if audio is None and video is None:
             raise UserError("event_layers: predict needs at least one modality")
         za = self.proj_a(audio.float()) if audio is not None else None
         zv = self.proj_v(video.float()) if video is not None else None
         out: dict[str, Tensor] = {}
+        fallback = None
         if zv is not None and za is not None:
             b, t = zv.shape[:2]
             if za.shape[1] != t:
@@ -253,7 +294,7 @@ class EventLayers(Strategy):
             out["visual"] = self.heads["visual"](zv.mean(1))
         else:
             out["audio"] = self.heads["audio"](za.mean(1))
-        return {h: out[h] for h in HEADS if h in out}, zv, za
+        return {h: out[h] for h in HEADS if h in out}, zv, za, fallback
 
     def _count(self, which: str, fallback: Tensor) -> None:
         fb = self._fb[which]
@@ -263,7 +304,7 @@ class EventLayers(Strategy):
     # --- training -----------------------------------------------------------------------------
     def training_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
         self._new_eval = True
-        logits, zv, za = self._forward(batch.audio, batch.video, batch.onsets, count="train")
+        logits, zv, za, _ = self._forward(batch.audio, batch.video, batch.onsets, count="train")
         losses = {h: self.loss_fn(v, batch.targets) for h, v in logits.items()}
         out: dict[str, Tensor] = {"loss": torch.stack(list(losses.values())).sum()}
         out.update({f"loss_{h}": v.detach() for h, v in losses.items()})
@@ -299,7 +340,7 @@ class EventLayers(Strategy):
         if both and self._new_eval:
             self._fb["eval"] = [0, 0]
             self._new_eval = False
-        logits = self._heads(audio, video, onsets, count="eval" if both else None)
+        logits, _, _, fallback = self._forward(audio, video, onsets, count="eval" if both else None)
         if len(logits) == 1:
             return next(iter(logits.values()))
         stacked = torch.stack(list(logits.values()))
@@ -308,7 +349,18 @@ class EventLayers(Strategy):
             mode = "mean" if self.task.multilabel else "vote"
         if mode == "mean":
             return stacked.float().mean(0)
-        return vote_scores(stacked, self.task.multilabel, self.cfg.vote_tie_break)[1]
+        return vote_scores(stacked, self.task.multilabel, self.cfg.vote_tie_break, self.cfg.vote_rule,
+                           self.voters(list(logits), fallback))[1]
+
+    def voters(self, heads: list[str], fallback: Tensor | None) -> Tensor | None:
+        """``[H, B]`` bool: which of ``heads`` vote for each clip. The onset head of a clip without
+        onsets (its fallback pool is the continuous head's evidence again) votes only with
+        ``fallback_votes=true``; None means every head votes."""
+        if fallback is None or self.cfg.fallback_votes or "onset" not in heads:
+            return None
+        v = torch.ones(len(heads), fallback.shape[0], dtype=torch.bool, device=fallback.device)
+        v[heads.index("onset")] = ~fallback
+        return v
 
     def predict_label_set(self, audio: Tensor | None, video: Tensor | None,
                           onsets: Tensor | None = None) -> Tensor:

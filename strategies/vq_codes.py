@@ -20,8 +20,8 @@ Pretraining, per modality m in {audio, video} (inputs are the harness's per-step
   self pairs 0.1;
 * reconstruction: Linear(W, W)(code) concatenated with the specific feature -> Linear(2W, D_m), MSE;
 * L_cmcm (the code-matching InfoNCE of Liu et al. 2021, in the public code's total loss), weight 0.5;
-* dead-code reset: a code no modality selected for N_re = 200 batches is moved onto a random active
-  code plus uniform(+-1/1024) noise.
+* dead-code reset: a code no modality selected for N_re batches is moved onto a random active
+  code plus uniform(+-1/1024) noise (N_re scaled to the run, below).
 
 Downstream: Linear(W, W) -> max over T -> Linear(W, C) on the (frozen) codes, no activation between,
 trained on ``train_modality`` (cross-modal protocol) or on both modalities' codes in every batch
@@ -34,12 +34,51 @@ Appendix vs public code (haihuangcode/CMG) -- the appendix is the default, each 
 what                        appendix (default)                     public code (``--set``)
 ==========================  =====================================  ===================================
 Cross-CPC prediction steps  2 for audio-visual                     ``cpc_steps=1``
-dead-code reset             N_re = 200 batches                     ``reset_after=300``
+dead-code reset             N_re = 200 batches (scaled: below)     ``reset_after=300``
 MM-EMA partner              cross-attention r^b over the clip      ``ema_partner=aligned``
 MM-EMA update               one joint update (eq. 2)               ``ema_sequential=true`` (per modality)
 Cross-CPC LSTM layers       1 (main paper)                         ``cpc_layers=2``
 commitment scale            beta own + beta/2 partner              ``commit_beta=0.5`` (2x both, same ratio)
 ==========================  =====================================  ===================================
+
+Why the encoder collapsed, and what this harness does about it (each a switch; the public code's
+behaviour in brackets). Measured on synth (960 training clips, batch 48, lr 1e-3): with the public
+code's choices the semantic encoder's clip spread fell 3.4 -> 0.2 within 20 steps, one code stayed in
+use and every column sat at chance. Ablations (each loss alone) showed that Cross-CPC, the
+reconstruction and the commitment term *each* collapse it on their own; CLUB and L_cmcm do not:
+
+* ``input_norm=standardize`` [``none``]: every synth step (like VGGish or VGG features) carries a
+  large offset shared by all clips. Measured: standardising the inputs alone kept the clip spread
+  (6.5 at step 1, 6.8 at step 80; without it 3.4 -> 0.14). The likely mechanism: a gradient with a
+  nonzero mean over the batch (the reconstruction residual of an untrained decoder is mostly that
+  offset) makes Adam write a rank-one update along the shared input direction, which after the
+  post-LN Transformer is the same vector for every clip. Each modality's input is standardised per
+  dimension with running statistics fitted during pretraining (cumulative, then frozen; applied
+  identically in training and evaluation); the reconstruction target is the standardised input.
+* ``cpc_pred_init=zero`` [``default``]: with random predictors the Cross-CPC scores start with a
+  large random spread, so its loss starts *above* chance (8.9 vs 2.2 ln B) and its fastest descent
+  is to make every target the same vector. Zero-initialised predictors start the InfoNCE exactly
+  at chance with no gradient into the targets, so the only way down is to predict. Cross-CPC then
+  leaves chance (accuracy 5-6% vs 2% on synth; at chance before).
+* ``ema_features=eval`` [``train``]: the EMA and the dead-code bookkeeping read the semantic
+  features of a second, dropout-free forward pass, i.e. what evaluation and the downstream stage
+  quantise (issue 18 measured, with dropout 0.1, train-mode features 2.26 away from eval-mode
+  ones against a content spread of 0.29: 384-394 codes used in train mode, 20-27 in eval mode).
+* ``code_search=fp64`` [the code's float64]: the nearest-code search runs outside autocast in
+  float64 (issue 18: under bf16 autocast it picked another code than fp32 on 50-99% of steps).
+* N_re (``reset_after``, default None = scaled): ``reset_epoch_fraction`` (0.32, the appendix's
+  200 batches of 64 on its 40K clips) of a pretraining epoch, between 2 and 200 batches; the epoch
+  length is estimated from the first batch's row indices and counted after the first epoch
+  (``diag/reset_after`` logs it). At a fixed 200 a run of 80 steps never resets.
+* ``decoder_input=standardize`` [``raw``]: the downstream decoder standardises the frozen code
+  vectors per dimension with running statistics of the codes it is trained on (issue 18: a probe
+  on raw code vectors got 13% where standardised ones got 46%); under the cross-modal protocol
+  they are the training modality's statistics.
+
+With these defaults, on the synth default (2160 training clips, seed 0) Cross-CPC accuracy rose from
+6.8% to 12.9% over the 6 pretraining epochs (chance 2.1%), L_cmcm fell from 3.85 to 3.46 (ln 48 =
+3.87), 132-400 codes were in use per epoch (400 in the last two), and the decoder reached 33.4% fused (audio 30.3, video
+28.8; chance 8.3).
 
 Other choices, stated:
 
@@ -47,8 +86,9 @@ Other choices, stated:
   ``e = o / N`` is silent on never-used codes. ``ema_epsilon=0`` turns it off (an unused code then
   keeps its vector).
 * The code's reset writes only the code vector, which its next EMA step recomputes from the old
-  statistics (and its noise is a constant -1/1024 through a ``uniform_(-a, -a)`` slip); here the EMA
-  sum is rescaled with the code so the reset sticks, and the noise is uniform in +-``reset_noise``.
+  statistics; here the EMA sum is rescaled with the code so the reset sticks. The noise is uniform
+  in +-``reset_noise`` as in the NeurIPS code (``code/src``); the later copies of the repository
+  (ACL25, ICCV25 folders) draw it with a ``uniform_(-a, -a)`` slip, a constant -1/1024.
 * The appendix's cross-attention has no stated projections: ``r^b`` is parameter-free attention of a
   step over the partner clip's steps, on detached features.
 * CLUB: the code's bound averages over T before contrasting; here it is the sampled CLUB per step
@@ -57,16 +97,20 @@ Other choices, stated:
 * The code's video branches (squeeze-excitation, spatial attention and conv stacks on 7x7x512 VGG
   maps) need spatial maps; the harness has per-step vectors, so video uses the audio-style Linear
   encoders, as the issue specifies.
-* The code runs in float64; here the codebook arithmetic is float32 (autocast is switched off for
-  it) and the networks follow the recipe's precision.
+* The code runs in float64; here the nearest-code search is float64, the rest of the codebook
+  arithmetic float32 (autocast is switched off for it), and the networks follow the recipe's precision.
 * Pretraining is always paired: under the cross-modal protocol the held-out modality is withheld
   only in the labelled (downstream) stage -- :attr:`train_modality` reads ``None`` during
   pretraining, so the engine passes both modalities there.
 
 Recipe notes: the paper pretrains with Adam lr 4e-4 (downstream 2.5e-4), batch 64, grad clip 0.5 in
 the code, 6 epochs. By default the run's recipe (the one every strategy shares) applies to both
-stages; ``--set pretrain_lr=4e-4 --set downstream_lr=2.5e-4 --set grad_clip=0.5`` gives the paper's
-per-stage settings (the batch size stays the run's: ``--set train.batch_size=64``).
+stages; ``--set pretrain_lr=4e-4 --set downstream_lr=2.5e-4 --set model.grad_clip=0.5`` gives the
+paper's per-stage settings (``grad_clip`` alone is ambiguous: the recipe has one too; the batch size
+stays the run's: ``--set train.batch_size=64``). The public code's choices throughout:
+``--set input_norm=none --set cpc_pred_init=default --set ema_features=train --set decoder_input=raw
+--set reset_after=300 --set cpc_steps=1 --set cpc_layers=2 --set ema_partner=aligned
+--set ema_sequential=true --set commit_beta=0.5``.
 """
 
 from __future__ import annotations
@@ -80,11 +124,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avbench.api import Batch, Capabilities, FeatureSpec, Strategy, TaskSpec
+from avbench.config import in_range  # value ranges, checked by every --set
 from avbench.errors import UserError
 from avbench.nn.club import CLUBSample, fit_estimator
 from avbench.nn.cpc import CrossCPC
-from avbench.nn.vq import (MMEMACodebook, code_matching_loss, commitment_loss, cross_attention_partner,
-                           perplexity, straight_through)
+from avbench.nn.vq import (
+    MMEMACodebook,
+    code_matching_loss,
+    commitment_loss,
+    cross_attention_partner,
+    perplexity,
+    straight_through,
+)
 
 MODALITIES = ("audio", "video")
 
@@ -92,44 +143,83 @@ MODALITIES = ("audio", "video")
 @dataclass
 class VQCodesConfig:
     # encoders and codebook (paper sizes)
-    embed_dim: int = 256  # W: semantic / specific / code width
+    embed_dim: int = in_range(256, "[1, inf)")  # W: semantic / specific / code width
     num_codes: int = 400
     num_heads: int = 4
-    num_layers: int = 2  # semantic Transformer layers
-    ffn_ratio: float = 4.0
+    num_layers: int = in_range(2, "[1, inf)")  # semantic Transformer layers
+    ffn_ratio: float = in_range(4.0, "(0, inf)")
     dropout: float = 0.1
-    codebook_init: float = 0.0  # codes ~ uniform(+-codebook_init); 0 means 1 / num_codes (the code)
+    codebook_init: float = in_range(0.0, "[0, inf)")  # codes ~ uniform(+-codebook_init); 0 means 1 / num_codes (the code)
     # MM-EMA
-    ema_decay: float = 0.99
+    ema_decay: float = in_range(0.99, "[0, 1)")
     ema_partner: Literal["cross_attention", "aligned", "none"] = "cross_attention"
-    ema_partner_weight: float = 0.5  # (z + r) / 2
+    ema_partner_weight: float = in_range(0.5, "[0, 1]")  # (z + r) / 2
     ema_sequential: bool = False  # True: one EMA update per modality in turn (public code)
-    ema_epsilon: float = 1e-5  # Laplace smoothing of the counts; 0 disables
+    ema_epsilon: float = in_range(1e-5, "[0, inf)")  # Laplace smoothing of the counts; 0 disables
     # losses
-    commit_beta: float = 0.25
-    commit_partner_ratio: float = 0.5  # partner-code commitment weight = beta * ratio
-    recon_weight: float = 1.0
-    mi_weight: float = 1.0
-    club_updates: int = 5  # estimator steps per training step
-    club_lr: float = 1e-3
-    club_hidden: int = 128
-    cpc_weight: float = 1.0
-    cpc_steps: int = 2  # appendix: 2 for audio-visual (public code: 1)
-    cpc_layers: int = 1
-    cpc_self_weight: float = 0.1
-    cpc_min_start: int = 1
-    cmcm_weight: float = 0.5
+    commit_beta: float = in_range(0.25, "[0, inf)")
+    commit_partner_ratio: float = in_range(0.5, "[0, inf)")  # partner-code commitment weight = beta * ratio
+    recon_weight: float = in_range(1.0, "[0, inf)")
+    mi_weight: float = in_range(1.0, "[0, inf)")
+    club_updates: int = in_range(5, "[0, inf)")  # estimator steps per training step
+    club_lr: float = in_range(1e-3, "(0, inf)")
+    club_hidden: int = in_range(128, "[1, inf)")
+    cpc_weight: float = in_range(1.0, "[0, inf)")
+    cpc_steps: int = in_range(2, "[1, inf)")  # appendix: 2 for audio-visual (public code: 1)
+    cpc_layers: int = in_range(1, "[1, inf)")
+    cpc_self_weight: float = in_range(0.1, "[0, inf)")
+    cpc_min_start: int = in_range(1, "[0, inf)")
+    cmcm_weight: float = in_range(0.5, "[0, inf)")
     # dead-code reset
-    reset_after: int = 200  # N_re; 0 disables
-    reset_active_window: int = 100
-    reset_noise: float = 1.0 / 1024
+    reset_after: int | None = in_range(None, "[0, inf)")  # N_re in batches; None: scaled to the epoch (see docstring); 0 disables
+    reset_epoch_fraction: float = in_range(0.32, "(0, 1]")  # auto N_re = this share of a pretraining epoch (appendix: 200 / 625)
+    reset_active_window: int = in_range(100, "[1, inf)")
+    reset_noise: float = in_range(1.0 / 1024, "[0, inf)")
     # stages
-    pretrain_epochs: int = 6
-    downstream_epochs: int | None = None  # None: the recipe's epochs
+    pretrain_epochs: int = in_range(6, "[0, inf)")
+    downstream_epochs: int | None = in_range(None, "[1, inf)")  # None: the recipe's epochs
     # per-stage recipe (None: the run's recipe, shared with every other strategy); paper: 4e-4, 2.5e-4, 0.5
-    pretrain_lr: float | None = None
-    downstream_lr: float | None = None
-    grad_clip: float | None = None  # both stages
+    pretrain_lr: float | None = in_range(None, "(0, inf)")
+    downstream_lr: float | None = in_range(None, "(0, inf)")
+    grad_clip: float | None = in_range(None, "[0, inf)")  # both stages
+    # where this harness departs from the public code (each a switch; the public code's value in brackets)
+    input_norm: Literal["standardize", "none"] = "standardize"  # ["none"] per-dimension, running stats
+    cpc_pred_init: Literal["zero", "default"] = "zero"  # ["default"] CPC predictors start at chance
+    ema_features: Literal["eval", "train"] = "eval"  # ["train"] codebook fitted on dropout-free features
+    decoder_input: Literal["standardize", "raw"] = "standardize"  # ["raw"] downstream decoder input
+    code_search: Literal["fp64", "fp32"] = "fp64"  # nearest-code search precision, outside autocast
+
+
+class RunningStandardize(nn.Module):
+    """Per-dimension ``(x - mean) / std`` over every step of every clip seen while it updates.
+
+    The statistics are a cumulative average (exact over the clips seen, not an EMA), updated in
+    training mode while ``updating`` is on, and always *applied* from the stored estimate, so a step
+    is transformed the same way in training and in evaluation once the estimate has settled.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.updating = True
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("sq_mean", torch.ones(dim, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        flat = x.detach().reshape(-1, x.shape[-1]).double()
+        total = self.count + flat.shape[0]  # stays on the device: no host sync per step
+        self.mean.mul_(self.count / total).add_(flat.sum(0) / total)
+        self.sq_mean.mul_(self.count / total).add_((flat * flat).sum(0) / total)
+        self.count.copy_(total)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Before any update, mean 0 and mean square 1: (nearly) the identity.
+        if self.training and self.updating:
+            self.update(x)
+        var = (self.sq_mean - self.mean * self.mean).clamp_min(0.0)
+        return (x - self.mean.to(x.dtype)) / torch.sqrt(var + self.eps).to(x.dtype)
 
 
 class SemanticEncoder(nn.Module):
@@ -162,13 +252,14 @@ class ReconDecoder(nn.Module):
 class CodeDecoder(nn.Module):
     """The downstream decoder: Linear(W, W) -> max over T -> Linear(W, C), no activation (public code)."""
 
-    def __init__(self, dim: int, num_classes: int):
+    def __init__(self, dim: int, num_classes: int, standardize: bool = True):
         super().__init__()
+        self.norm = RunningStandardize(dim) if standardize else nn.Identity()
         self.linear = nn.Linear(dim, dim)
         self.classifier = nn.Linear(dim, num_classes)
 
     def forward(self, codes: Tensor) -> Tensor:
-        return self.classifier(self.linear(codes).max(dim=1).values)
+        return self.classifier(self.linear(self.norm(codes.float())).max(dim=1).values)
 
 
 class VQCodes(Strategy):
@@ -186,15 +277,25 @@ class VQCodes(Strategy):
         self.semantic = nn.ModuleDict({m: SemanticEncoder(dims[m], cfg) for m in MODALITIES})
         self.specific = nn.ModuleDict({m: nn.Sequential(nn.Linear(dims[m], w), nn.ReLU()) for m in MODALITIES})
         self.recon = nn.ModuleDict({m: ReconDecoder(w, dims[m]) for m in MODALITIES})
+        self.input_norm = nn.ModuleDict({m: RunningStandardize(dims[m]) if cfg.input_norm == "standardize"
+                                         else nn.Identity() for m in MODALITIES})
         self.codebook = MMEMACodebook(cfg.num_codes, w, decay=cfg.ema_decay, epsilon=cfg.ema_epsilon,
-                                      init_bound=cfg.codebook_init or None)
+                                      init_bound=cfg.codebook_init or None,
+                                      search_dtype=torch.float64 if cfg.code_search == "fp64" else torch.float32)
         self.cpc = CrossCPC(w, w, num_modalities=2, steps=cfg.cpc_steps, num_layers=cfg.cpc_layers,
                             self_weight=cfg.cpc_self_weight, min_start=cfg.cpc_min_start)
+        if cfg.cpc_pred_init == "zero":
+            for preds in self.cpc.predictors:
+                for lin in preds:
+                    nn.init.zeros_(lin.weight)
+                    nn.init.zeros_(lin.bias)
         self.club = nn.ModuleDict({m: CLUBSample(w, w, hidden=cfg.club_hidden) for m in MODALITIES})
-        self.decoder = CodeDecoder(w, task.num_classes)
+        self.decoder = CodeDecoder(w, task.num_classes, standardize=cfg.decoder_input == "standardize")
         # The CLUB estimators have their own optimizers and are excluded from trainable_parameters().
         self._club_opt = {m: torch.optim.Adam(self.club[m].parameters(), lr=cfg.club_lr) for m in MODALITIES}
         self._reset_generator = torch.Generator().manual_seed(0)
+        self._epoch_steps = 0  # pretraining batches in the current epoch (auto N_re)
+        self._steps_per_epoch: int | None = None  # estimated, then counted after the first epoch
         self._diag = self._empty_diag()
         self._pending: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
 
@@ -238,7 +339,7 @@ class VQCodes(Strategy):
         return dataclasses.replace(recipe, **changes) if changes else recipe
 
     def frozen_modules(self) -> list[nn.Module]:
-        return [self.semantic, self.specific, self.recon, self.codebook, self.cpc, self.club]
+        return [self.input_norm, self.semantic, self.specific, self.recon, self.codebook, self.cpc, self.club]
 
     def begin_stage(self, stage: str) -> None:
         if stage not in self.stages:
@@ -250,6 +351,9 @@ class VQCodes(Strategy):
             self.decoder.requires_grad_(True)
         else:
             self.requires_grad_(True)
+        for m in MODALITIES:  # input statistics come from pretraining only
+            if isinstance(self.input_norm[m], RunningStandardize):
+                self.input_norm[m].updating = stage == "pretrain"
         self.train(self.training)
         self._diag = self._empty_diag()
 
@@ -265,12 +369,13 @@ class VQCodes(Strategy):
         """The CLUB estimators' Adam moments and the dead-code reset generator travel with the weights
         (``state_dict``), so a resumed pretraining continues exactly where it stopped."""
         return {"club_optimizers": {m: opt.state_dict() for m, opt in self._club_opt.items()},
-                "reset_generator": self._reset_generator.get_state()}
+                "reset_generator": self._reset_generator.get_state(), "steps_per_epoch": self._steps_per_epoch}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         for m, opt in self._club_opt.items():
             opt.load_state_dict(state["club_optimizers"][m])
         self._reset_generator.set_state(state["reset_generator"])
+        self._steps_per_epoch = state.get("steps_per_epoch")
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
@@ -288,7 +393,7 @@ class VQCodes(Strategy):
     # --- encoding -----------------------------------------------------------------------------
     def encode(self, x: Tensor, modality: str) -> tuple[Tensor, Tensor, Tensor]:
         """``(semantic [B,T,W] float32, code indices [B,T], codes [B,T,W])`` for one modality."""
-        z = self.semantic[modality](x).float()
+        z = self.semantic[modality](self.input_norm[modality](x.float())).float()
         idx, codes = self.codebook.quantize(z)
         return z, idx, codes
 
@@ -303,8 +408,10 @@ class VQCodes(Strategy):
         if batch.audio is None or batch.video is None:
             raise UserError("vq_codes pretraining needs paired audio and video in every batch; "
                             "a modality was withheld in the unsupervised stage")
-        x = {"audio": batch.audio, "video": batch.video}
+        x = {m: self.input_norm[m](v.float()) for m, v in (("audio", batch.audio), ("video", batch.video))}
         other = {"audio": "video", "video": "audio"}
+        if self.training:
+            self._note_batch(batch)
         z, spec = {}, {}
         for m in MODALITIES:
             z[m] = self.semantic[m](x[m])
@@ -335,7 +442,10 @@ class VQCodes(Strategy):
         loss = (cfg.recon_weight * recon + commit + cfg.mi_weight * (mi["audio"] + mi["video"])
                 + cfg.cpc_weight * cpc_loss + cfg.cmcm_weight * cmcm)
         if self.training:  # applied in after_optimizer_step, once backward no longer needs the codes
-            self._pending = ({m: zf[m].detach() for m in MODALITIES}, idx)
+            if cfg.ema_features == "eval":  # fit the codes to what evaluation will quantise (no dropout)
+                self._pending = ({m: x[m].detach() for m in MODALITIES}, None)
+            else:
+                self._pending = ({m: zf[m].detach() for m in MODALITIES}, idx)
         self._record(idx, mi, lld, cpc_acc)
         return {"loss": loss, "recon": recon.detach(), "commit": commit.detach(), "cpc": cpc_loss.detach(),
                 "cmcm": cmcm.detach(), "mi_audio": mi["audio"].detach(), "mi_video": mi["video"].detach(),
@@ -348,8 +458,18 @@ class VQCodes(Strategy):
             self._update_codebook(*pending)
 
     @torch.no_grad()
-    def _update_codebook(self, z: dict[str, Tensor], idx: dict[str, Tensor]) -> None:
+    def _update_codebook(self, z: dict[str, Tensor], idx: dict[str, Tensor] | None) -> None:
+        """``idx=None``: ``z`` holds the standardised inputs; the EMA fits the eval-mode features."""
         cfg = self.cfg
+        if idx is None:
+            was = [mod.training for mod in self.semantic.values()]
+            self.semantic.eval()
+            try:
+                z = {m: self.semantic[m](z[m]).float() for m in MODALITIES}
+            finally:
+                for mod, w in zip(self.semantic.values(), was):
+                    mod.train(w)
+            idx = {m: self.codebook.nearest(z[m]) for m in MODALITIES}
         with torch.autocast(device_type=z["audio"].device.type, enabled=False):
             if cfg.ema_partner == "cross_attention":
                 partner = {"audio": cross_attention_partner(z["audio"], z["video"]),
@@ -360,13 +480,32 @@ class VQCodes(Strategy):
                 partner = {"audio": None, "video": None}
             self.codebook.ema_update([(z[m], idx[m], partner[m]) for m in MODALITIES],
                                      sequential=cfg.ema_sequential, partner_weight=cfg.ema_partner_weight)
-            if cfg.reset_after > 0:
+            after = self.reset_after()
+            if after > 0:
                 m = self.codebook.num_codes
                 used = (torch.bincount(idx["audio"].flatten(), minlength=m)
                         + torch.bincount(idx["video"].flatten(), minlength=m)) > 0
-                n = self.codebook.reset_dead(used, cfg.reset_after, cfg.reset_active_window, cfg.reset_noise,
+                n = self.codebook.reset_dead(used, after, min(cfg.reset_active_window, after), cfg.reset_noise,
                                              generator=self._reset_generator)
                 self._diag["codes_reset"] += n
+
+    def _note_batch(self, batch: Batch) -> None:
+        """Count pretraining batches; before the first epoch is counted, estimate its length from the
+        first batch's row indices (a uniform sample of the split: its largest index ~ the split size)."""
+        self._epoch_steps += 1
+        if self._steps_per_epoch is None and batch.index is not None and batch.index.numel():
+            b = batch.index.numel()
+            rows = (int(batch.index.max()) + 1) * (b + 1) / b
+            self._steps_per_epoch = max(1, int(rows // b))
+
+    def reset_after(self) -> int:
+        """N_re in batches: ``reset_after`` when set; else ``reset_epoch_fraction`` of a pretraining
+        epoch, at least 2 and at most the appendix's 200 (200 batches of 64 are 0.32 of an epoch of
+        its 40K clips; at 200 a run of 80 steps never resets)."""
+        if self.cfg.reset_after is not None:
+            return self.cfg.reset_after
+        steps = self._steps_per_epoch or 200
+        return int(min(200, max(2, round(self.cfg.reset_epoch_fraction * steps))))
 
     def _downstream_step(self, batch: Batch) -> dict[str, Tensor]:
         mods = [self.train_modality] if self.train_modality else list(MODALITIES)
@@ -458,6 +597,9 @@ class VQCodes(Strategy):
         }
 
     def epoch_diagnostics(self) -> dict[str, float]:
+        if getattr(self, "stage", None) == "pretrain" and self._epoch_steps:
+            self._steps_per_epoch = self._epoch_steps  # counted: replaces the first batch's estimate
+        self._epoch_steps = 0
         d = self._diag
         self._diag = self._empty_diag()
         if d["steps"] == 0:
@@ -470,5 +612,6 @@ class VQCodes(Strategy):
             "club_loglik_audio": sums[3], "club_loglik_video": sums[4],
             "cpc_acc_av": sums[5], "cpc_acc_va": sums[6], "cpc_acc": (sums[5] + sums[6]) / 2,
             "codes_reset": float(d["codes_reset"]),
+            "reset_after": float(self.reset_after()),
         })
         return out

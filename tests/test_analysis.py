@@ -46,9 +46,9 @@ def test_retrieval_of_identical_embeddings_is_perfect():
     res = layer_retrieval(emb, {k: v.copy() for k, v in emb.items()})
     assert res["layers"] == ["layer0", "layer1"]
     for d in res["per_layer"].values():
-        assert d["a2v_R@1"] == 1.0 and d["v2a_R@1"] == 1.0 and d["a2v_medr"] == 1.0
+        assert d["a2v_R_at1"] == 1.0 and d["v2a_R_at1"] == 1.0 and d["a2v_medr"] == 1.0
     shuffled = layer_retrieval(emb, {k: v[::-1].copy() for k, v in emb.items()})
-    assert shuffled["per_layer"]["layer0"]["a2v_R@1"] < 0.2
+    assert shuffled["per_layer"]["layer0"]["a2v_R_at1"] < 0.2
     # A collapsed layer (one vector for every clip) would tie everywhere: it is left out, with the reason.
     flat = layer_retrieval({"codes": np.ones((30, 4))}, {"codes": np.ones((30, 4))})
     assert flat["layers"] == [] and "collapsed" in flat["skipped"]["codes"]
@@ -152,7 +152,7 @@ def test_retrieval_and_tsne_per_layer_on_a_trained_model(trained, tmp_path):
     assert out.result["layers"] == ["layer0", "layer1", "layer2", "layer3", "logits"]
     assert out.result["clips"] == 5 * TINY["classes"]
     for d in out.result["per_layer"].values():
-        assert 0.0 <= d["a2v_R@1"] <= d["a2v_R@5"] <= d["a2v_R@10"] <= 1.0
+        assert 0.0 <= d["a2v_R_at1"] <= d["a2v_R_at5"] <= d["a2v_R_at10"] <= 1.0
     ts = driver.analyze(run, "tsne", driver.Options(plots=False, tsne_per_class=5))
     n = ts.result["n"]
     assert n == 5 * TINY["classes"] and np.asarray(ts.result["coords"]["layer2"]).shape == (2 * n, 2)

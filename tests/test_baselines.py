@@ -157,7 +157,38 @@ def test_mbt_modalities_exchange_information_only_from_the_fusion_layer():
         assert fused.predict(bt.audio, None).shape == (6, 4)
 
 
+def test_mbt_normalises_each_modality_before_the_patch_embedding():
+    m = build("mbt")
+    assert isinstance(m.input_norm["audio"], torch.nn.LayerNorm) and m.input_norm["audio"].eps == 1e-6
+    bt = batch()
+    with torch.no_grad():
+        # A per-step affine change of the input (scale and shift) is removed by the input LayerNorm.
+        torch.testing.assert_close(m.predict(bt.audio, bt.video), m.predict(3.0 * bt.audio + 0.5, bt.video))
+    off = build("mbt", input_norm=False)
+    assert isinstance(off.input_norm["audio"], torch.nn.Identity)
+
+
 # --- learning ----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_mbt_learns_above_chance_on_a_tiny_synth_through_the_engine(tmp_path):
+    # Every event type at snr 0.7, 4 classes (chance 25%), 240 / 120 clips; mbt at width 32, 2 layers,
+    # fusion from layer 1; the run path (per-step L2 norm, mixup, balanced sampling), 6 epochs at
+    # lr 1e-3 halved per epoch. Measured (seed 0, ~15 s): fused 61.7%, audio 58.3%, video 50.8%.
+    # The bar (fused > 40%) is 3.8 standard errors above chance on 120 clips.
+    from avbench.train.engine import Engine
+    from avbench.train.recipe import Recipe
+
+    knobs = SynthKnobs(classes=4, train_clips=240, test_clips=120, steps=10, audio_dim=32, video_dim=24,
+                       snr=0.7, seed=0)
+    cache = FeatureCache(build_synth_cache(tmp_path / "c", knobs))
+    torch.manual_seed(0)
+    m = MBT(MBTConfig(embed_dim=32, depth=2, fusion_layer=1), cache.features, cache.task)
+    recipe = Recipe(epochs=6, lr=1e-3, batch_size=24, amp="fp32", eval_every_epoch=False)
+    metrics = Engine(m, cache, recipe, seed=0, device=torch.device("cpu"), progress=False).fit().final.metrics
+    assert metrics["fusion/acc"] > 0.40, metrics
+    assert min(metrics["audio/acc"], metrics["video/acc"]) > 0.33, metrics
+
+
 @pytest.mark.slow
 def test_every_baseline_learns_continuous_synth_events(tmp_path):
     # Continuous events at snr 1: class evidence at every step in both modalities, so every fusion

@@ -10,10 +10,12 @@ from avbench.bench.flops import count_flops
 from avbench.bench.peak import PeakMemory, matmul_rate
 from avbench.bench.timing import time_rounds
 from avbench.cli import main
+from avbench.hardware import resolve_precision
 from helpers import tiny_cache
 
-# One shared layer of width D fed directly (audio_dim = video_dim = D: no input projection), so the
-# model's matmuls are exactly one Transformer layer plus the classifier.
+# One shared layer of width D; with n_specific=0 each modality enters through LayerNorm + a D x D Linear
+# (as the UAVM authors build it), so the model's matmuls are that projection, exactly one Transformer
+# layer and the classifier.
 B, T, D, C = 8, 6, 16, 5
 ONE_LAYER = ["--set", f"data.steps={T}", "--set", f"data.audio_dim={D}", "--set", f"data.video_dim={D}",
              "--set", f"data.classes={C}", "--set", f"embed_dim={D}", "--set", "n_specific=0",
@@ -25,19 +27,20 @@ def hand_count_train(b, t, d, c):
     """FLOPs of one training step (a multiply-add = 2 FLOPs), as torch.utils.flop_counter counts them.
 
     Forward: qkv 3d^2, out proj d^2, MLP 8d^2 per token -> 2 * 12 d^2 * bt; attention scores and
-    weighted sum 2 * 2 t^2 d per clip; head 2 d c per clip. Backward: every Linear needs the gradient of
-    its input and of its weight (2x forward: the layer's input depends on the learned positional
-    embedding); attention backward is 2 gradients per batched matmul (8 t^2 d per clip; on CPU short
-    sequences run as two batched matmuls, see avbench.nn.transformer).
+    weighted sum 2 * 2 t^2 d per clip; head 2 d c per clip; the batch's modality's input projection
+    2 d^2 per token. Backward: every Linear needs the gradient of its input and of its weight (2x
+    forward: each layer's input depends on a learned LayerNorm or positional embedding); attention
+    backward is 2 gradients per batched matmul (8 t^2 d per clip; on CPU short sequences run as two
+    batched matmuls, see avbench.nn.transformer).
     """
-    linear = 24 * b * t * d * d
+    linear = (24 + 2) * b * t * d * d
     head = 2 * b * d * c
     return 3 * linear + 4 * b * t * t * d + 8 * b * t * t * d + 3 * head
 
 
 def hand_count_infer(t, d, c):
     """Per clip, fused column = the audio pass + the video pass."""
-    return 2 * (24 * t * d * d + 4 * t * t * d + 2 * d * c)
+    return 2 * ((24 + 2) * t * d * d + 4 * t * t * d + 2 * d * c)
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +57,13 @@ def test_bench_json_fields_are_present_and_sane(bench_json):
     assert r["strategy"] == "uavm" and r["batch_size"] == B and r["batch_size_search"] is None
     assert r["source"]["kind"] == "synthetic" and r["source"]["num_steps"] == T
     # Parameters: one Block (12 d^2 weights; biases of proj, fc1, fc2 = 6d, qkv has none; 2 LayerNorms
-    # = 4d), 2 stems (LayerNorm + positions), the head (LayerNorm + Linear).
+    # = 4d), 2 modality inputs (LayerNorm + Linear), the shared stack's LayerNorm and positions, the
+    # head (LayerNorm + Linear).
     block = 12 * D * D + 6 * D + 4 * D
-    stems = 2 * (2 * D + T * D)
+    inputs = 2 * (2 * D + D * D + D)
+    shared = 2 * D + T * D
     head = 2 * D + D * C + C
-    assert r["parameters"] == block + stems + head
+    assert r["parameters"] == block + inputs + shared + head
     for key in ("train", "infer", "reference"):
         x = r[key]
         for f in ("clips_per_s", "step_ms_p50", "step_ms_p95", "flops_per_clip", "achieved_flops_per_s",
@@ -66,19 +71,24 @@ def test_bench_json_fields_are_present_and_sane(bench_json):
             assert x[f] > 0, (key, f)
         assert x["step_ms_p95"] >= x["step_ms_p50"]
         assert x["steps"] == 2 and x["memory_kind"] in ("peak_rss", "peak_rss_since_start")
-    assert r["train"]["precision"] == "bf16" and r["train"]["attention"] == "bmm"  # the CPU fast path
+    # The default precision is "auto", resolved for this machine (bf16 only where native and faster).
+    assert r["precision"] == resolve_precision("auto", "cpu")[0] and r["precision_reason"].startswith("auto: ")
+    assert r["train"]["precision"] == r["precision"] and r["train"]["attention"] == "bmm"  # the CPU fast path
     assert r["reference"]["precision"] == "fp32" and r["reference"]["attention"] == "reference"
     assert r["train"]["optimizer"] == "adam (fused)" and r["reference"]["optimizer"] == "adam (per-parameter loop)"
     assert r["reference"]["speedup"] == pytest.approx(r["train"]["clips_per_s"] / r["reference"]["clips_per_s"])
     assert r["infer"]["column"] == "fusion"
-    assert set(r["matmul_flops_per_s"]) == {"bf16", "fp32"} and min(r["matmul_flops_per_s"].values()) > 0
+    # Rates of the precision trained in and of fp32 only (an emulated bf16 product takes minutes).
+    assert set(r["matmul_flops_per_s"]) == {r["precision"], "fp32"} and min(r["matmul_flops_per_s"].values()) > 0
     # On CPU the denominator is sampled after every timed round (2 training rounds, 2 inference rounds).
-    assert len(r["matmul_rate_samples"]["bf16"]["during"]) == 4 and r["matmul_sizes"] == [64, 128]
+    assert len(r["matmul_rate_samples"][r["precision"]]["during"]) == 4 and r["matmul_sizes"] == [64, 128]
     d = r["data"]
     assert d["source"] in ("device", "memmap+prefetch")
     assert d["premade_step_ms"] > 0 and d["cache_step_ms"] > 0 and d["gather_augment_ms"] > 0
-    assert d["epoch"]["clips"] == (d["epoch"]["train_split"] // B) * B and d["epoch"]["seconds"] > 0
-    assert r["train"]["mfu"] == pytest.approx(r["train"]["achieved_flops_per_s"] / r["matmul_flops_per_s"]["bf16"])
+    # Whole batches over the rows trained on (the training split less any validation hold-out).
+    assert d["epoch"]["train_rows"] <= d["epoch"]["train_split"]
+    assert d["epoch"]["clips"] == (d["epoch"]["train_rows"] // B) * B and d["epoch"]["seconds"] > 0
+    assert r["train"]["mfu"] == pytest.approx(r["train"]["achieved_flops_per_s"] / r["matmul_flops_per_s"][r["precision"]])
 
 
 def test_flops_match_a_hand_count_of_one_transformer_layer(bench_json):
@@ -120,7 +130,7 @@ def test_batch_larger_than_the_split_is_an_error_not_a_fallback(tmp_path, capsys
 def test_log_mlflow_records_the_figures(tmp_path):
     res = tmp_path / "res"
     assert main(["bench", "--strategy", "uavm", "--synthetic", "--batch-size", str(B), "--mode", "infer",
-                 "--log-mlflow", "--results-dir", str(res), *ONE_LAYER, *FAST]) == 0
+                 "--precision", "fp32", "--log-mlflow", "--results-dir", str(res), *ONE_LAYER, *FAST]) == 0
     from avbench.tracking import Tracker
 
     tr = Tracker(res)
@@ -130,6 +140,9 @@ def test_log_mlflow_records_the_figures(tmp_path):
     m = runs[0].data.metrics
     assert m["infer/clips_per_s"] > 0 and m["infer/flops_per_clip"] == pytest.approx(hand_count_infer(T, D, C))
     assert {a.path for a in tr.client.list_artifacts(runs[0].info.run_id)} == {"bench.json"}
+    p = runs[0].data.params
+    assert p["precision"] == "fp32" and p["precision_reason"] == "fp32 as requested"
+    assert "matmul_flops_per_s/fp32" in m and "matmul_flops_per_s/bf16" not in m  # only what was trained in
 
 
 def test_timing_memory_and_peak_primitives():

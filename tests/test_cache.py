@@ -24,6 +24,8 @@ def write_toy(root, n=6, finalize=True):
     present = np.ones((n, 2), bool)
     present[1, 1] = False
     sw.write(np.arange(n), audio, video, present=present, onsets=onsets)
+    test = w.create_split("test", ["t0", "t1", "t2"], np.eye(3, dtype=np.uint8))  # a run needs both splits
+    test.write(np.arange(3), audio[:3], video[:3])
     if finalize:
         w.finalize()
     return audio, video, labels, onsets, present

@@ -43,15 +43,18 @@ def test_run_two_seeds_logs_to_mlflow_and_table_reads_it_back(tmp_path, capsys):
     assert {"result.json", "predictions.npz"} <= {a.path for a in tr.client.list_artifacts(child.info.run_id)}
     hist = tr.client.get_metric_history(child.info.run_id, "fusion/acc")
     assert sorted(m.step for m in hist) == [0, 1, 2]  # per epoch, then the final result
-    assert child.data.params["model.embed_dim"] == "16" and child.data.params["precision"] == "bf16"
+    from avbench.hardware import resolve_precision
+
+    assert child.data.params["model.embed_dim"] == "16"
+    assert child.data.params["precision"] == resolve_precision("auto", "cpu")[0]  # what this machine computes fast
 
     assert main(["table", "--dataset", "synth", "--results-dir", str(res)]) == 0
     table = capsys.readouterr().out
     row = next(line for line in table.splitlines() if line.startswith("| uavm"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[6] == f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}" and cells[7] == "2"
+    assert cells[6].rstrip("°*†‡") == f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}" and cells[7] == "2"
     assert main(["table", "--dataset", "synth", "--results-dir", str(res), "--format", "csv"]) == 0
-    assert capsys.readouterr().out.startswith("strategy,config,protocol,metric,Audio,Video,Fusion")
+    assert capsys.readouterr().out.startswith("strategy,config,protocol,metric,")
     assert main(["table", "--dataset", "synth", "--results-dir", str(res), "--format", "latex"]) == 0
     assert r"\toprule" in capsys.readouterr().out
 
@@ -109,7 +112,7 @@ def test_resume_continues_from_the_epoch_checkpoint(tmp_path):
     (["--cache", "/definitely/not/here"], "cache path does not exist"),
     (["--dataset", "synth", "--set", "embed_dimm=8"], "did you mean 'embed_dim'"),
     (["--dataset", "synth", "--set", "embed_dim=big"], "expected int, got 'big'"),
-    (["--dataset", "synth", "--set", "train.amp=fp8"], "not one of bf16, fp16, fp32"),
+    (["--dataset", "synth", "--set", "train.amp=fp8"], "'fp8' is not one of"),
     (["--dataset", "synth", "--set", "model.audio_dim=1024"], "audio features are 16-d but audio_dim=1024"),
     (["--dataset", "synth", "--set", "audio_dim=1024"], "ambiguous (model and data both define it)"),
     (["--dataset", "synth", "--seeds", "0,one"], "--seeds expects comma-separated integers"),

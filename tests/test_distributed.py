@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from avbench.api import FeatureSpec, TaskSpec
+from avbench.api import FeatureSpec
 from avbench.cache.reader import FeatureCache
 from avbench.cli import main
 from avbench.commands import run as run_cmd

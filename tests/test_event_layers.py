@@ -13,10 +13,17 @@ from avbench.cache import FeatureCache
 from avbench.config import apply_overrides
 from avbench.datasets.synth import SynthKnobs, build_synth_cache
 from avbench.errors import UserError
-from avbench.metrics.multilabel import union_of_argmax
+from avbench.metrics.multilabel import head_union_metrics, union_of_argmax
 from avbench.registry import Registry
 from avbench_strategies.event_layers import (
-    HEADS, EventLayers, EventLayersConfig, onset_pool, resolve_k, topk_pool, vote_scores)
+    HEADS,
+    EventLayers,
+    EventLayersConfig,
+    onset_pool,
+    resolve_k,
+    topk_pool,
+    vote_scores,
+)
 
 FEAT = FeatureSpec(audio_dim=6, video_dim=5, num_steps=10)
 TASK = TaskSpec(num_classes=4)
@@ -140,13 +147,26 @@ def test_vote_majority_beats_a_more_confident_minority():
     assert winner.item() == 2 and scores.argmax(-1).item() == 2
 
 
-def test_vote_tie_broken_by_the_most_confident_tied_head():
+def test_vote_without_a_majority_takes_the_most_confident_layer():
+    # Paper 003 (the default rule): 2-2-1 is no majority of 5, so the most confident layer's label
+    # wins -- head 4 (class 1, a single vote, confidence 7) over the tied classes 0 and 3.
+    logits = _heads_for([0, 0, 3, 3, 1], [2.0, 1.0, 1.5, 4.0, 7.0])
+    winner, scores = vote_scores(logits)
+    assert winner.item() == 1 and scores.argmax(-1).item() == 1
+    # 3 of 5 is a majority: it wins against a more confident minority.
+    assert vote_scores(_heads_for([2, 2, 2, 1, 0], [1.0, 1.0, 1.0, 9.0, 8.0]))[0].item() == 2
+    # 2-1-1-1 is a plurality but no majority: the most confident layer (class 3) wins.
+    assert vote_scores(_heads_for([0, 0, 1, 2, 3], [1.0, 1.0, 2.0, 3.0, 5.0]))[0].item() == 3
+    assert vote_scores(_heads_for([0, 0, 1, 2, 3], [1.0, 1.0, 2.0, 3.0, 5.0]), rule="plurality")[0].item() == 0
+
+
+def test_plurality_switch_breaks_ties_by_the_most_confident_tied_head():
     # 2-2-1: classes 0 and 3 tie; head 3 (class 3) is the most confident of the tied voters;
     # head 4 (class 1, a single vote) is more confident still but is not in the tie.
     logits = _heads_for([0, 0, 3, 3, 1], [2.0, 1.0, 1.5, 4.0, 7.0])
-    winner, scores = vote_scores(logits, tie_break="tied")
+    winner, scores = vote_scores(logits, tie_break="tied", rule="plurality")
     assert winner.item() == 3 and scores.argmax(-1).item() == 3
-    winner_all, scores_all = vote_scores(logits, tie_break="all")  # literal "most confident layer"
+    winner_all, scores_all = vote_scores(logits, tie_break="all", rule="plurality")
     assert winner_all.item() == 1 and scores_all.argmax(-1).item() == 1
     # Ranking below the winner follows the votes: class 0 (2 votes) above class 2 (none).
     assert scores[0, 0] > scores[0, 1] > scores[0, 2]
@@ -158,20 +178,72 @@ def test_vote_all_disagree_takes_the_most_confident_head():
     assert vote_scores(logits)[0].item() == 1
 
 
+def test_a_head_that_does_not_vote_neither_counts_nor_decides():
+    # Heads in HEADS order: continuous, instant, onset, visual, audio. Clip 0: the onset head (index
+    # 2) makes class 2 a 3-of-5 majority; without its vote, 2-2 of 4 is no majority and the most
+    # confident voting head (visual, class 0) wins. Clip 1: the onset head is the most confident
+    # of all, but it does not vote, so the most confident *voting* head decides.
+    clip0 = _heads_for([2, 2, 2, 0, 0], [1.0, 1.0, 1.0, 3.0, 2.0])
+    clip1 = _heads_for([0, 1, 3, 2, 2], [1.0, 4.0, 9.0, 2.0, 3.0])
+    logits = torch.cat([clip0, clip1], dim=1)
+    everyone = vote_scores(logits)[0].tolist()
+    assert everyone == [2, 3]
+    voters = torch.ones(5, 2, dtype=torch.bool)
+    voters[2] = False
+    winner, scores = vote_scores(logits, voters=voters)
+    # clip 1 without the onset head: 1-1-2 of 4 (class 2 twice) is no majority; instant (4.0) decides
+    assert winner.tolist() == [0, 1] and scores.argmax(-1).tolist() == [0, 1]
+
+
+def test_fallback_onset_head_does_not_vote_unless_switched_on():
+    m = make()
+    bt = batch(b=16)
+    onsets = torch.zeros(16, 10, dtype=torch.bool)
+    onsets[:8, ::3] = True  # clips 8-15 have no onsets: their onset head falls back
+    with torch.no_grad():
+        heads = m.head_logits(bt.audio, bt.video, onsets)
+        pred = m.predict(bt.audio, bt.video, onsets)
+        on = make(EventLayersConfig(embed_dim=8, fallback_votes=True)).predict(bt.audio, bt.video, onsets)
+    stacked = torch.stack([heads[h] for h in HEADS])
+    voters = torch.ones(5, 16, dtype=torch.bool)
+    voters[HEADS.index("onset"), 8:] = False
+    torch.testing.assert_close(pred, vote_scores(stacked, voters=voters)[1])
+    torch.testing.assert_close(on, vote_scores(stacked)[1])
+    assert m.onset_fallback_stats()["eval_onset_fallbacks"] == 8.0  # still counted
+
+
+def test_head_union_metrics_are_the_set_f1_of_the_union():
+    # Clip 0: heads say {0, 2}, truth {0, 2} -> F1 1. Clip 1: heads say {1}, truth {0} -> F1 0.
+    # Clip 2: heads say {0, 1}, truth {1} -> F1 2/3. Samples F1 = (1 + 0 + 2/3) / 3; micro: tp 3,
+    # fp 2, fn 1 -> 6 / 9.
+    h1 = np.array([[5.0, 0, 1], [0, 3, 1], [4, 1, 0]])
+    h2 = np.array([[0.0, 1, 5], [0, 3, 1], [0, 4, 1]])
+    labels = np.array([[1, 0, 1], [1, 0, 0], [0, 1, 0]])
+    out = head_union_metrics({"a": h1, "b": h2}, labels)
+    assert out["heads/union_f1"] == pytest.approx(5 / 9)
+    assert out["heads/union_f1_micro"] == pytest.approx(6 / 9)
+    assert out["heads/union_size"] == pytest.approx(5 / 3)
+    assert head_union_metrics({"a": h1}, labels) == {}  # one head is no set prediction
+
+
 def test_predict_returns_vote_scores_and_union_of_argmax():
     m = make()
     bt = batch(b=16)
+    onsets = torch.zeros(16, 10, dtype=torch.bool)
+    onsets[:, 1::4] = True  # every clip has onsets: all five heads vote
     with torch.no_grad():
-        heads = m.head_logits(bt.audio, bt.video)
-        pred = m.predict(bt.audio, bt.video)
+        heads = m.head_logits(bt.audio, bt.video, onsets)
+        pred = m.predict(bt.audio, bt.video, onsets)
     stacked = torch.stack([heads[h] for h in HEADS])
     winner, _ = vote_scores(stacked)
     assert torch.equal(pred.argmax(-1), winner)
     per_head = stacked.argmax(-1)  # [H, B]
-    for b in range(16):  # the winner got the top vote count
+    conf = stacked.softmax(-1).max(-1).values  # [H, B]
+    for b in range(16):  # a majority (3 of 5) wins; without one, the most confident head
         votes = torch.bincount(per_head[:, b], minlength=4)
-        assert votes[winner[b]] == votes.max()
-    union = m.predict_label_set(bt.audio, bt.video)
+        expected = votes.argmax() if votes.max() >= 3 else per_head[conf[:, b].argmax(), b]
+        assert winner[b] == expected
+    union = m.predict_label_set(bt.audio, bt.video, onsets)
     assert union.dtype == torch.bool and union.shape == (16, 4)
     for b in range(16):
         assert set(union[b].nonzero().flatten().tolist()) == set(per_head[:, b].tolist())
@@ -306,6 +378,9 @@ def test_event_layers_trains_one_epoch_end_to_end_through_the_cli(tmp_path):
     summary = json.loads(out.read_text())
     columns = {k.split("/")[0] for k in summary["summary"] if k.endswith("/acc")}
     assert columns == {"audio", "video", "fusion"}
+    # Paper 003 Table 2 beside the usual metrics: the union of the five heads' argmax, 1 to 5 labels.
+    assert 0.0 <= summary["summary"]["heads/union_f1"]["mean"] <= 1.0
+    assert 1.0 <= summary["summary"]["heads/union_size"]["mean"] <= 5.0
 
 
 def test_optional_alignment_loss_adds_a_weighted_infonce_term():

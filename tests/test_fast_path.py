@@ -1,7 +1,10 @@
 """The fast training path keeps accuracy and feeds the same data as the plain path.
 
 * bf16 autocast + fused attention + fused Adam against fp32 on synth, same seeds: accuracy must not
-  drop. Run this whenever the fast path changes (precision, kernels, optimizer, data path).
+  drop. Run this whenever the fast path changes (precision, kernels, optimizer, data path). It asks
+  for bf16 explicitly, so it means the same on any CPU: where bf16 is emulated (AVX2 only) the numbers
+  are the same roundings, just slower; at this test's width (32, T 10) a bf16 step measured 1.6x an
+  fp32 one under torch's AVX2 kernels (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2), not 100x.
 * Device-resident splits give exactly the batches the memmap + prefetch path gives.
 """
 
@@ -79,7 +82,7 @@ def test_engine_batches_are_identical_on_both_paths(tmp_path):
         plans = e.epoch_plans(epoch=2, step=40)
         batches[resident] = [e.make_batch(raw, True, 40 + i, p)
                              for i, (p, raw) in enumerate(zip(plans, e.train_src.iterate([p.fetch for p in plans])))]
-    assert len(batches["on"]) == len(batches["off"]) == 96 // 16
+    assert len(batches["on"]) == len(batches["off"]) == len(e.train_rows) // 16 >= 5
     for a, b in zip(batches["on"], batches["off"]):
         for field in ("audio", "video", "targets", "labels", "onsets", "present", "index"):
             assert torch.equal(getattr(a, field), getattr(b, field)), field

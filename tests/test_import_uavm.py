@@ -61,6 +61,7 @@ def test_import_keeps_json_order_features_and_labels(tmp_path):
     assert m.provenance["source"].startswith("UAVM authors")
     assert m.extractor["audio"]["name"] == "uavm-released"
     assert [n for _, n in cache.classes][0] == "class 0, with comma"
+    assert m.validation["source"] == "holdout" and m.validation["size"] >= 1  # recorded by the import
     train = cache.split("train")
     order = [d["video_id"] for d in json.loads(files["train"].read_text())["data"]]
     assert train.ids == order

@@ -33,12 +33,12 @@ def test_retrieval_identical_embeddings_rank_first_and_shuffled_do_not():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((20, 5, 8))
     m = retrieval_metrics(x, x)
-    assert m["a2v_R@1"] == 1.0 and m["v2a_R@1"] == 1.0 and m["a2v_medr"] == 1.0
+    assert m["a2v_R_at1"] == 1.0 and m["v2a_R_at1"] == 1.0 and m["a2v_medr"] == 1.0
     m2 = retrieval_metrics(x, x[::-1])
-    assert m2["a2v_R@1"] <= 0.1
+    assert m2["a2v_R_at1"] <= 0.1
     collapsed = np.ones((20, 5, 8))  # every candidate ties: the partner ranks last, not first
     m3 = retrieval_metrics(collapsed, collapsed)
-    assert m3["a2v_R@1"] == 0.0 and m3["a2v_R@10"] == 0.0 and m3["a2v_medr"] == 20.0
+    assert m3["a2v_R_at1"] == 0.0 and m3["a2v_R_at10"] == 0.0 and m3["a2v_medr"] == 20.0
 
 
 def test_stratified_subset_takes_five_per_class():

@@ -1,5 +1,6 @@
 """Significance logic on known values, and ``avbench report`` from a temporary MLflow DB of real runs."""
 
+import json
 import math
 import re
 
@@ -27,8 +28,9 @@ def test_ci_overlap_on_known_intervals():
     c = mean_std_ci([0.82, 0.83, 0.84])  # 0.805 .. 0.855: overlaps a
     assert sig.ci_overlap(a, b) is False and sig.ci_overlap(a, c) is True
     assert sig.ci_overlap(a, mean_std_ci([0.9])) is None
-    v = sig.compare(b, a)
-    assert (v.sign, v.by, v.mark) == (1, "ci", ">>") and sig.pretty(v.mark) == "≫"
+    v = sig.compare(b, a)  # no per-clip scores: Welch's t-test over the seeds
+    assert (v.sign, v.by, v.mark) == (1, "t-test", ">>") and sig.pretty(v.mark) == "≫"
+    assert v.p == pytest.approx(0.000255, rel=0.01) and v.p_adj == v.p  # t = 12.25, df = 4; a family of one
     assert sig.compare(a, b).mark == "<<"
     assert sig.compare(a, c).mark == "="  # overlapping, no per-clip scores: nothing called
     assert sig.compare(a, mean_std_ci([0.9])).mark == "n/a"
@@ -76,6 +78,38 @@ def test_paired_bootstrap_on_known_differences():
     assert v.mark == ">" and v.by == "bootstrap"
 
 
+def test_holm_adjusts_a_family_of_real_p_values():
+    # Holm (1979) step-down on four p-values: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, made monotone.
+    assert sig.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert sig.holm([0.2, None, 0.01]) == [pytest.approx(0.2), None, pytest.approx(0.02)]
+    # Real bootstrap p-values: A; B = A with 10% of the clips turned wrong (a clear difference); C = A with
+    # five clips turned wrong (significant alone, not in the family); D = a copy of A. Six pairs: the three
+    # with B come first, so A vs C is adjusted by 3 (and stays above the later ones).
+    rng = np.random.default_rng(1)
+    n, c = 600, 5
+    labels = np.eye(c, dtype=np.uint8)[rng.integers(0, c, n)]
+    base = rng.random(n) < 0.6
+    hits = np.flatnonzero(base)
+    worse_b, worse_c = base.copy(), base.copy()
+    worse_b[hits[: n // 10]] = False
+    worse_c[hits[:5]] = False
+    rows = {name: {s: _scores(v, labels) for s in (0, 1)}
+            for name, v in (("A", base), ("B", worse_b), ("C", worse_c), ("D", base))}
+    stats = {k: mean_std_ci([float(_scores_acc(v[s], labels)) for s in v]) for k, v in rows.items()}
+    alone = sig.compare(stats["A"], stats["C"], rows["A"], rows["C"], labels)
+    assert 0.01 < alone.p < 0.05 and alone.sign == 1  # one comparison: called
+    fam = sig.compare_family({k: (stats[k], rows[k], "same clips") for k in rows}, labels)
+    ac, ab, ad = fam[("A", "C")], fam[("A", "B")], fam[("A", "D")]
+    assert ac.p == pytest.approx(alone.p) and ac.p_adj == pytest.approx(3 * ac.p)
+    assert ac.p_adj >= 0.05 and ac.sign == 0 and ac.mark == "="  # not called once the family is accounted for
+    assert ab.p_adj < 0.001 and ab.sign == 1 and fam[("B", "A")].sign == -1
+    assert ad.p == 1.0 and ad.mark == "="
+
+
+def _scores_acc(scores, labels):
+    return (labels[np.arange(len(labels)), scores.argmax(1)] > 0).mean()
+
+
 # --- the report from real runs ------------------------------------------------------------------------
 def _run(results, strategy, seeds, *sets, epochs=1, save=True):
     args = ["run", "--strategy", strategy, "--dataset", "synth", "--seeds", seeds, "--epochs", str(epochs),
@@ -92,6 +126,8 @@ def make_runs(results):
     _run(results, "uavm", "0,1", *UAVM, epochs=2)
     _run(results, "late_fusion", "0,1")
     _run(results, "cross_attention", "0", *UAVM, save=False)
+    _run(results, "report_plugins:Constant", "0,1", save=False)  # at chance by construction
+    _run(results, "report_plugins:Constant", "0", "width=8", save=False)  # the same configuration as width=0
     args = ["sweep", "--strategy", "uavm", "--dataset", "synth", "--grid", "s_dim=4,8", "--seeds", "0",
             "--epochs", "1", "--results-dir", str(results), "--no-progress"]
     for s in TINY_SETS + list(UAVM):
@@ -148,26 +184,47 @@ def _table(md: str, header_start: str) -> list[list[str]]:
 def test_report_has_table_marks_plots_and_lists_what_is_missing(results, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["report", "--dataset", "synth", "--out", str(out), "--results-dir", str(results)]) == 0
-    assert "wrote" in capsys.readouterr().out
+    assert "wrote" in capsys.readouterr().err  # a message (logging, stderr), not data
     md = (out / "report.md").read_text()
     table = _table(md, "| # | strategy")
     head, body = table[0], table[1:]
     assert head[:9] == ["#", "strategy", "config", "protocol", "metric", "seeds", "Audio", "Video", "Fusion"]
     assert {"params", "train clips/s", "infer clips/s"} <= set(head)
     by_name = {r[1]: r for r in body}
-    assert set(by_name) == {"uavm", "late_fusion", "cross_attention"}  # sweep points are listed separately
+    # Sweep points are listed separately; constant width=8 is merged into width=0 (same resolved config).
+    assert set(by_name) == {"uavm", "late_fusion", "cross_attention", "constant"}
+    assert "constant (width=8) is #" in md and "constant (width=0)" in md
     fusion = head.index("Fusion")
-    assert re.match(r"^\d+\.\d\d ± \d+\.\d\d \(-?\d+\.\d\d–\d+\.\d\d\)", by_name["uavm"][fusion])
+    assert re.match(r"^\d+\.\d\d ± \d+\.\d\d \(\d+\.\d\d–\d+\.\d\d\)", by_name["uavm"][fusion])
+    assert not re.search(r"\(-\d", md) and not re.search(r"–100\.0[1-9]", md)  # intervals clipped to [0, 100]
+    # The chance-level row is flagged, in its cells and in words.
+    assert all(c.endswith("°") for c in (by_name["constant"][head.index(k)] for k in ("Audio", "Video", "Fusion")))
+    chance = md.split("### Chance level", 1)[1]
+    assert "**Not above chance**" in chance and "constant (width=0): Audio, Video, Fusion" in chance
+    # Chance = always predicting the most frequent test class: at least 1/4, a whole number of the 48 clips.
+    level = float(re.search(r"acc \(standard\): Audio (\d+\.\d\d)%", chance).group(1))
+    assert level >= 25.0 and abs(level * 48 / 100 - round(level * 48 / 100)) < 0.01
     assert by_name["cross_attention"][head.index("Audio")] == "-"
     assert re.match(r"^\d+\.\d\d \(1 seed\)", by_name["cross_attention"][fusion])
     assert sum("★" in c for r in body for c in r) >= 2  # a best row per column with 2+ rows
     # The marks are explained, and pairwise matrices use them.
     assert "★ is the column's best row" in md and "≫ / ≪" in md and "seed-matched paired bootstrap" in md
+    assert "Holm's step-down method" in md and "at most 5% per table column" in md
     pair = _table(md, "| row vs column")
     assert all(c in {"", "≫", "≪", ">", "<", "=", "n/a"} for r in pair[1:] for c in r[1:])
     assert "Sweep points" in md and "Sweep `s_dim`" in md
 
-    figs = {p.name for p in (out / "figures").iterdir()}
+    figs = {p.name for p in (out / "figures").iterdir() if p.suffix == ".png"}
+    for ext in ("pdf", "svg"):  # every figure also in vector formats, for papers
+        assert {f[:-4] for f in figs} == {p.stem for p in (out / "figures").glob(f"*.{ext}")}
+    assert (out / "figures" / "sweep_s_dim.pdf").read_bytes().startswith(b"%PDF")
+    from avbench import results as contract
+
+    data = json.loads((out / "report.json").read_text())
+    contract.validate(data)
+    assert data["kind"] == "report" and {r["strategy"] for r in data["rows"]} >= {"uavm", "constant"}
+    assert next(r for r in data["rows"] if r["label"] == "constant (width=0)")["not_above_chance"] == [
+        "audio", "video", "fusion"]
     for name in ("sweep_s_dim.png", "sweep_s_dim_analyses.png", "probe_per_layer.png", "retrieval_per_layer.png",
                  "attention_per_layer.png", "robustness_curves.png", "probe_coefficients.png",
                  "cost_train_clips_per_s.png", "cost_parameters.png"):
@@ -226,3 +283,33 @@ def test_report_without_runs_is_a_user_error(tmp_path, capsys):
     assert main(["report", "--dataset", "synth", "--out", str(tmp_path / "o"), "--results-dir", str(tmp_path)]) == 2
     assert "no MLflow database at" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_table_data_on_stdout_numbers_in_csv_booktabs_with_bold_best(results, capsys):
+    import csv
+    import io
+
+    assert main(["table", "--dataset", "synth", "--results-dir", str(results), "--format", "csv"]) == 0
+    cap = capsys.readouterr()
+    assert "mean ± std over seeds" in cap.err and "mean ± std" not in cap.out  # notes on stderr only
+    assert "constant (width=8) has the same resolved configuration as" in cap.err
+    rows = list(csv.DictReader(io.StringIO(cap.out)))
+    assert {r["strategy"] for r in rows} >= {"uavm", "late_fusion", "cross_attention", "constant"}
+    uavm = next(r for r in rows if r["strategy"] == "uavm" and r["config"] == "s_dim=0")
+    mean, lo, hi = float(uavm["fusion_mean"]), float(uavm["fusion_ci_low"]), float(uavm["fusion_ci_high"])
+    assert int(uavm["fusion_n"]) == 2 and 0.0 <= lo <= mean <= hi <= 100.0 and float(uavm["fusion_std"]) >= 0
+    assert int(uavm["parameters"]) > 1000 and uavm["unit"] == "%"
+    ca = next(r for r in rows if r["strategy"] == "cross_attention")
+    assert ca["audio_mean"] == "" and int(ca["fusion_n"]) == 1 and ca["fusion_ci_low"] == ""
+    assert main(["table", "--dataset", "synth", "--results-dir", str(results), "--format", "latex"]) == 0
+    tex = capsys.readouterr().out
+    assert tex.count(r"\toprule") == tex.count(r"\midrule") == tex.count(r"\bottomrule") == 1
+    assert r"\begin{tabular}" in tex and r"\end{tabular}" in tex and r"late\_fusion" in tex
+    best = max(float(r["fusion_mean"]) for r in rows if r["fusion_mean"])
+    assert rf"\textbf{{{best:.2f}}}" in tex  # the best entry of the Fusion column in bold
+    assert r"$^{\circ}$" in tex  # the chance-level row is marked
+    assert main(["table", "--dataset", "synth", "--results-dir", str(results)]) == 0
+    md = capsys.readouterr().out
+    # 4 classes + 8 widths = 12 parameters, printed as such (not "0.00M"); 10.5k-parameter uavm as "10.5k".
+    assert re.search(r"^\| constant +\|.*\| +12 +\|$", md, re.M) and re.search(r"\| +\d+\.\d+k +\|$", md, re.M)

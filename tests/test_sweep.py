@@ -1,6 +1,7 @@
 """``avbench sweep``: grid parsing, ties, and a real resumable sweep on a tiny synth cache."""
 
 import json
+import os
 import sqlite3
 
 import pytest
@@ -140,3 +141,168 @@ def test_dry_run_lists_points_and_bad_name_is_rejected(tmp_path, capsys):
     assert not (tmp_path / "r" / "mlflow.db").exists()
     assert main(args + ["--name", "bad name"]) == 2
     assert "--name 'bad name'" in capsys.readouterr().err
+
+
+# --- executors: several jobs at once, Ray, failures inside a job, Ctrl-C and resume -------------------
+BOOM_SOURCE = '''
+"""A small real strategy for sweep tests: mean-pooled features, a linear head per modality; boom=1
+raises inside training (a failure only a job can hit: the config itself is valid)."""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from avbench.api import Capabilities, Strategy
+
+
+@dataclass
+class BoomConfig:
+    hidden: int = 8
+    boom: int = 0
+
+
+class BoomPool(Strategy):
+    name = "boompool"
+    Config = BoomConfig
+    capabilities = Capabilities()
+
+    def __init__(self, cfg, features, task):
+        super().__init__(cfg, features, task)
+        self.a = nn.Sequential(nn.Linear(features.audio_dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, task.num_classes))
+        self.v = nn.Sequential(nn.Linear(features.video_dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, task.num_classes))
+
+    def training_step(self, batch, step):
+        if self.cfg.boom:
+            raise RuntimeError(f"boom at step {step}")
+        loss = self.loss_fn(self.a(batch.audio.mean(1)), batch.targets) + self.loss_fn(self.v(batch.video.mean(1)), batch.targets)
+        return {"loss": loss}
+
+    def predict(self, audio, video):
+        outs = ([self.a(audio.mean(1))] if audio is not None else []) + ([self.v(video.mean(1))] if video is not None else [])
+        return torch.stack(outs).mean(0)
+'''
+BOOM = "sweep_boom:BoomPool"
+EVAL = ("audio/", "video/", "fusion/")
+
+
+@pytest.fixture
+def boom(tmp_path, monkeypatch):
+    """The strategy importable here, in spawned workers (sys.path) and in Ray workers (PYTHONPATH)."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 usable cores")
+    d = tmp_path / "plugins"
+    d.mkdir()
+    (d / "sweep_boom.py").write_text(BOOM_SOURCE)
+    monkeypatch.syspath_prepend(str(d))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(d), os.environ.get("PYTHONPATH")) if p))
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # two usable cores: two jobs of one thread each
+    return d
+
+
+def _boom_args(results, grid, seeds, *extra, epochs=1):
+    args = ["sweep", "--strategy", BOOM, "--dataset", "synth", "--grid", grid, "--seeds", seeds,
+            "--epochs", str(epochs), "--results-dir", str(results), "--no-progress", "--no-save-model"]
+    for s in TINY_SETS:
+        args += ["--set", s]
+    return args + list(extra)
+
+
+def _per_seed(out_json):
+    """{(point, seed): eval metrics} from --output-json."""
+    data = json.loads(out_json.read_text())
+    return {(json.dumps(p["point"], sort_keys=True), s["seed"]): {k: v for k, v in s["metrics"].items()
+                                                                  if k.startswith(EVAL)}
+            for p in data["points"] for s in p["seeds"]}
+
+
+def _seed_runs(results):
+    """[(parent id, seed, status, run id)] of every seed run in the store."""
+    with sqlite3.connect(results / "mlflow.db") as c:
+        return c.execute(
+            "select p.value, s.value, r.status, r.run_uuid from runs r "
+            "join tags k on k.run_uuid = r.run_uuid and k.key = 'avbench.kind' and k.value = 'seed' "
+            "join tags p on p.run_uuid = r.run_uuid and p.key = 'mlflow.parentRunId' "
+            "join tags s on s.run_uuid = r.run_uuid and s.key = 'avbench.seed'").fetchall()
+
+
+@pytest.mark.slow
+def test_a_job_that_fails_is_reported_while_the_others_finish(boom, tmp_path, capsys):
+    res, out = tmp_path / "res", tmp_path / "out.json"
+    assert main(_boom_args(res, "boom=0,1", "0,1", "--jobs", "2", "--output-json", str(out))) == 1
+    printed = capsys.readouterr().out
+    assert "1 of 2 point(s) failed" in printed and "RuntimeError: boom at step 0" in printed
+    points = json.loads(out.read_text())["points"]
+    assert [p["status"] for p in points] == ["ran", "failed"]
+    assert [s["status"] for s in points[0]["seeds"]] == ["ran", "ran"]
+    assert points[1]["error"].startswith("seed 0: RuntimeError: boom at step 0") and "seed 1:" in points[1]["error"]
+    assert points[0]["summary"]["fusion/acc"]["n"] == 2
+    status = {(parent, seed): st for parent, seed, st, _ in _seed_runs(res)}
+    good, bad = points[0]["parent_run_id"], points[1]["parent_run_id"]
+    assert status == {(good, "0"): "FINISHED", (good, "1"): "FINISHED", (bad, "0"): "FAILED", (bad, "1"): "FAILED"}
+
+
+@pytest.mark.slow
+def test_same_metrics_per_point_and_seed_whatever_the_executor(boom, tmp_path):
+    """local --jobs 1, local --jobs 2 and a local 2-CPU Ray cluster, one thread per job each."""
+    ray = pytest.importorskip("ray")
+    grid, seeds = "hidden=4,8", "0,1"
+    runs = {}
+    for label, extra in (("jobs1", ["--jobs", "1"]), ("jobs2", ["--jobs", "2"])):
+        out = tmp_path / f"{label}.json"
+        assert main(_boom_args(tmp_path / label, grid, seeds, *extra, "--threads-per-job", "1",
+                               "--output-json", str(out))) == 0
+        runs[label] = _per_seed(out)
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        out = tmp_path / "ray.json"
+        assert main(_boom_args(tmp_path / "ray", grid, seeds, "--executor", "ray", "--threads-per-job", "1",
+                               "--output-json", str(out))) == 0
+        runs["ray"] = _per_seed(out)
+    finally:
+        ray.shutdown()
+    assert len(runs["jobs1"]) == 4 and all(len(m) >= 3 for m in runs["jobs1"].values())
+    assert len({m["fusion/acc"] for m in runs["jobs1"].values()}) > 1  # the points and seeds really differ
+    assert runs["jobs2"] == runs["jobs1"]
+    assert runs["ray"] == runs["jobs1"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_running_jobs_killed_and_a_rerun_resumes(boom, tmp_path):
+    """Interrupt a --jobs 2 sweep after its first finished seed; the rerun trains exactly the rest."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    res = tmp_path / "res"
+    args = _boom_args(res, "hidden=4,8", "0,1", "--jobs", "2", epochs=2)
+    proc = subprocess.Popen([sys.executable, "-m", "avbench", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if any(st == "FINISHED" for *_, st, _ in _seed_runs(res)):
+                break
+        except sqlite3.OperationalError:  # the store is not there or being created
+            pass
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    log = proc.communicate(timeout=120)[0]
+    first = _seed_runs(res)
+    finished_first = {(p, s): r for p, s, st, r in first if st == "FINISHED"}
+    assert proc.returncode == 130, log
+    assert len(finished_first) >= 1
+    assert not [r for r in first if r[2] == "RUNNING"]  # cancelled runs are closed, not left running
+    killed = [r for r in first if r[2] == "KILLED"]
+
+    assert main(args) == 0
+    final = _seed_runs(res)
+    finished = {}
+    for p, s, st, r in final:
+        if st == "FINISHED":
+            assert (p, s) not in finished, f"seed {s} of {p} trained twice"
+            finished[(p, s)] = r
+    assert len(finished) == 4  # none lost
+    assert all(finished[k] == r for k, r in finished_first.items())  # finished seeds were not retrained
+    assert len(final) == len(first) + (4 - len(finished_first))  # the rerun trained only what was missing
+    assert {st for *_, st, _ in final} <= {"FINISHED", "KILLED"} and len(killed) <= 2

@@ -112,3 +112,50 @@ def test_config_checks():
         UAVM.check_compatible(tiny(audio_dim=1024), F, T)
     with pytest.raises(UserError, match="n_shared >= 1"):
         CrossAttention.check_compatible(tiny(n_shared=0), F, T)
+
+
+def test_the_second_stack_has_its_own_input_norm_and_positions_as_the_authors_built_it():
+    torch.manual_seed(0)
+    m = UAVM(tiny(), F, T)  # embed 16 -> shared width 8: the shared stack projects
+    assert m.shared.norm.normalized_shape == (16,) and m.shared.norm.eps == 1e-6
+    assert m.shared.proj.weight.shape == (8, 16) and m.shared.pos.shape == (1, 6, 8)
+    same = UAVM(tiny(s_dim=0), F, T)
+    assert same.shared.proj is None and same.shared.pos.shape == (1, 6, 16)  # no Linear between equal widths
+    cross = CrossAttention(tiny(), F, T)
+    assert cross.shared.pos.shape == (1, 12, 8)  # 2T joint positions tell the modalities apart
+    ind = Independent(tiny(), F, T)
+    assert ind.a_top.pos.shape == ind.v_top.pos.shape == (1, 6, 8) and ind.a_top.pos is not ind.v_top.pos
+
+
+def test_no_specific_layers_project_to_embed_dim_then_the_shared_stem():
+    torch.manual_seed(0)
+    m = UAVM(tiny(n_specific=0), F, T)
+    assert m.a_in.proj.weight.shape == (16, 12) and m.v_in.proj.weight.shape == (16, 10)
+    assert m.shared.proj.weight.shape == (8, 16)  # then to S_dim inside the shared stack
+    b = batch()
+    layers = m.embed(b.audio, None)
+    assert list(layers) == ["layer0", "layer1", "layer2"] and layers["layer0"].shape == (4, 6, 8)
+    # with equal widths the authors still put LayerNorm + Linear in front (no Identity)
+    m0 = UAVM(tiny(n_specific=0, embed_dim=12, s_dim=0), F, T)
+    assert m0.a_in.proj.weight.shape == (12, 12)
+    none = UAVM(tiny(n_specific=0, n_shared=0), F, T)
+    assert list(none.embed(b.audio, None)) == ["layer0"] and none.a_head.fc.weight.shape == (5, 16)
+
+
+def test_initialisation_switch():
+    torch.manual_seed(0)
+    authors = UAVM(tiny(embed_dim=64, s_dim=0), F, T)
+    torch.manual_seed(0)
+    timm = UAVM(tiny(embed_dim=64, s_dim=0, init="timm"), F, T)
+    w_a, w_t = authors.shared.blocks[0].mlp.fc1.weight.detach(), timm.shared.blocks[0].mlp.fc1.weight.detach()
+    bound = 1 / 64**0.5  # PyTorch's default Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), biases too
+    assert float(w_a.abs().max()) <= bound and float(w_a.std()) == pytest.approx(bound / 3**0.5, rel=0.05)
+    assert authors.shared.blocks[0].mlp.fc1.bias.abs().max() > 0
+    assert float(w_t.std()) == pytest.approx(0.02, rel=0.05) and timm.shared.blocks[0].mlp.fc1.bias.abs().max() == 0
+    for m in (authors, timm):  # trunc-normal(0.02) positions under both
+        assert float(m.shared.pos.detach().std()) == pytest.approx(0.02, rel=0.15)
+
+
+def test_presets_name_the_paper_and_the_cpu_sizes():
+    assert UAVM.presets["paper"]["embed_dim"] == 1024 and UAVM.presets["cpu"]["embed_dim"] == 128
+    assert Independent.presets is UAVM.presets and CrossAttention.presets is UAVM.presets

@@ -28,6 +28,8 @@ ARTIFACT_DIR = "analysis"
 @dataclass
 class Options:
     per_class: int = 5  # retrieval subset (UAVM: 5 per class)
+    retrieval_inputs: str = "normalised"  # "raw": the authors' feat_norm False (analysis/retrieval.py)
+    probe_per_class: int = 0  # 0: every test clip; 5: the authors' 5-per-class subset (analysis/probe.py)
     tsne_per_class: int = 10
     attention_clips: int = 256
     heatmap_clip: int = 0
@@ -89,29 +91,32 @@ def analyze(run: LoadedRun, what: str, opts: Options) -> Outcome:
         from avbench.analysis.representations import pooled_embeddings, unimodal_logits
 
         if what == "probe":
-            from avbench.analysis.probe import modality_probe
+            from avbench.analysis.probe import modality_probe, probe_rows
 
-            ea, ev = pooled_embeddings(run)
+            pidx = probe_rows(labels, opts.probe_per_class)
+            ea, ev = pooled_embeddings(run, pidx)
             res = modality_probe(ea, ev)
-            res["clips"] = len(split)
+            res["clips"] = len(split) if pidx is None else int(len(pidx))
             out.metrics = {f"analysis/probe/{k}/acc": d["acc"] for k, d in res["per_layer"].items()}
             out.metrics.update({f"analysis/probe/{k}/top_share": d["top_share"] for k, d in res["per_layer"].items()})
             out.text = _table([[k, f"{100 * d['acc']:.1f}", f"{d['top_share']:.3f}", f"{d['nonzero']}/{d['dim']}"]
                                for k, d in res["per_layer"].items()],
                               ["layer", "probe acc (%)", "top coef share", "nonzero coefs"])
         elif what == "retrieval":
-            from avbench.analysis.retrieval import LOGITS_LAYER, layer_retrieval
+            from avbench.analysis.retrieval import LOGITS_LAYER, layer_retrieval, with_inputs
 
             idx = stratified_subset(labels, opts.per_class, seed=0)
-            ea, ev = pooled_embeddings(run, idx)
-            logits = unimodal_logits(run, idx)
+            view = with_inputs(run, opts.retrieval_inputs)
+            ea, ev = pooled_embeddings(view, idx)
+            logits = unimodal_logits(view, idx)
             if logits is not None:
                 ea[LOGITS_LAYER], ev[LOGITS_LAYER] = logits
             res = layer_retrieval(ea, ev)
             res["clips"] = int(len(idx))
             res["per_class"] = opts.per_class
+            res["inputs"] = opts.retrieval_inputs
             out.metrics = {f"analysis/retrieval/{k}/{m}": v for k, d in res["per_layer"].items() for m, v in d.items()}
-            out.text = _table([[k] + [f"{100 * d[f'{dr}_R@{r}']:.1f}" for dr in ("a2v", "v2a") for r in (1, 5, 10)]
+            out.text = _table([[k] + [f"{100 * d[f'{dr}_R_at{r}']:.1f}" for dr in ("a2v", "v2a") for r in (1, 5, 10)]
                                + [f"{d['a2v_medr']:.0f}", f"{d['v2a_medr']:.0f}"] for k, d in res["per_layer"].items()],
                               ["layer", "A>V R@1", "R@5", "R@10", "V>A R@1", "R@5", "R@10", "A>V medR", "V>A medR"])
             out.text += f"\n{len(idx)} clips ({opts.per_class} per class); chance R@1 = {100 / max(1, len(idx)):.2f}%"

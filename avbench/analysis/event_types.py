@@ -5,7 +5,8 @@ Paper 003 assigns each test clip to the event head with the highest score on the
 and counts categories per head for the dataset. This module does that from plain arrays, so it
 works for any strategy that exposes named heads (``capabilities.heads``), and adds what no paper
 could check: on ``synth`` the generating event type of every clip is known, so the report also says
-how often the assigned head is the head built for that type.
+how often the assigned head is the head built for that type, and (``class_match``) the fraction of
+classes whose majority vote names the head built for the class's true dominant event type.
 
 Choices made explicit:
 
@@ -45,6 +46,7 @@ class EventTypeReport:
     category_counts: dict[str, int]  # Table 4: number of categories assigned to each head
     assignments: list[str]  # head per assignment, in clip order
     type_match: dict[str, Any] | None = None  # generating type vs assigned head (synth)
+    class_match: dict[str, Any] | None = None  # each class's vote vs its true dominant type (synth)
     table: str = ""
     score: str = "logit"
 
@@ -60,6 +62,8 @@ class EventTypeReport:
             for t, d in self.type_match["by_type"].items():
                 if d["n"]:
                     out[f"event_type_match_{t}"] = d["match_rate"]
+        if self.class_match is not None:
+            out["event_class_match"] = self.class_match["fraction"]
         return out
 
 
@@ -130,14 +134,16 @@ def event_type_analysis(head_logits: Mapping[str, np.ndarray], labels: np.ndarra
         category_head[str(name)] = heads[int(v.argmax())] if v.sum() else None
     category_counts = {h: sum(1 for a in category_head.values() if a == h) for h in heads}
 
-    type_match = None
+    type_match = class_match = None
     if event_types is not None:
         type_match = _type_match(np.asarray(event_types), event_type_names, labels, heads, clips, assigned)
+        class_match = _class_match(np.asarray(event_types), event_type_names, labels, class_names, heads,
+                                   category_head)
 
     report = EventTypeReport(
         heads=heads, num_clips=total, clip_share=clip_share, clip_counts=clip_counts,
         category_head=category_head, category_votes=category_votes, category_counts=category_counts,
-        assignments=[heads[i] for i in assigned], type_match=type_match, score=score)
+        assignments=[heads[i] for i in assigned], type_match=type_match, class_match=class_match, score=score)
     report.table = format_table(report, tablefmt)
     return report
 
@@ -165,6 +171,33 @@ def _type_match(event_types: np.ndarray, names: Sequence[str] | None, labels: np
     return {"overall": hits / total if total else 0.0, "n": total, "by_type": by_type}
 
 
+def _class_match(event_types: np.ndarray, names: Sequence[str] | None, labels: np.ndarray,
+                 class_names: Sequence[str], heads: list[str], category_head: Mapping[str, str | None]) -> dict[str, Any]:
+    """Paper 003's per-class majority vote scored against the truth: a class's true dominant event
+    type is the most common generating type among its single-label clips; the class counts as
+    matched when its voted head is the head built for that type. Classes whose dominant type has no
+    head in this strategy are left out (and listed)."""
+    if names is None:
+        raise ValueError("event_types given without event_type_names")
+    ids = labels if labels.ndim == 1 else np.where((labels > 0).sum(1) == 1, np.argmax(labels, 1), -1)
+    per_class: dict[str, dict[str, Any]] = {}
+    scored = matched = 0
+    for k, cname in enumerate(class_names):
+        t = event_types[(ids == k) & (event_types >= 0)]
+        if not len(t):
+            continue
+        dominant = str(names[int(np.bincount(t, minlength=len(names)).argmax())])
+        want = TYPE_TO_HEAD.get(dominant)
+        got = category_head.get(str(cname))
+        ok = None if want not in heads else got == want
+        per_class[str(cname)] = {"dominant_type": dominant, "its_head": want, "voted_head": got, "match": ok}
+        if ok is not None:
+            scored += 1
+            matched += int(ok)
+    return {"fraction": matched / scored if scored else 0.0, "matched": matched, "classes": scored,
+            "chance": 1.0 / len(heads), "per_class": per_class}
+
+
 def format_table(report: EventTypeReport, tablefmt: str = "github") -> str:
     """Table 4's row (categories per head) with the clip shares, plus the synth type check."""
     from tabulate import tabulate
@@ -182,4 +215,12 @@ def format_table(report: EventTypeReport, tablefmt: str = "github") -> str:
                      + [""] * len(heads))
         text += "\n\n" + tabulate(trows, headers=["generating type", "its head", "clips", "match"] + heads,
                                   tablefmt=tablefmt)
+    cm = report.class_match
+    if cm is not None and cm["classes"]:
+        crows = [[c, d["dominant_type"], d["its_head"], d["voted_head"], "" if d["match"] is None else
+                  ("yes" if d["match"] else "no")] for c, d in cm["per_class"].items()]
+        text += "\n\n" + tabulate(crows, headers=["class", "true dominant type", "its head", "voted head", "match"],
+                                  tablefmt=tablefmt)
+        text += (f"\n\nclasses voted to their true dominant type: {cm['matched']}/{cm['classes']} "
+                 f"({100 * cm['fraction']:.1f}%; chance {100 * cm['chance']:.1f}%)")
     return text

@@ -15,7 +15,6 @@ import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Iterator
 
 import numpy as np
@@ -149,12 +148,11 @@ class LoadedRun:
 
     # --- inputs ---------------------------------------------------------------------------------
     def prepare(self, raw: dict[str, Tensor]) -> Any:
-        """Evaluation preprocessing, by the engine's own code path (no Engine is built: that would
-        copy whole splits to the device)."""
-        from avbench.train.engine import Engine
+        """Evaluation preprocessing, by the engine's own code path (``avbench.evaluation.prepare``; no
+        Engine is built: that would copy whole splits to the device)."""
+        from avbench.evaluation import prepare
 
-        shim = SimpleNamespace(recipe=self.recipe, strategy=None, seed=0, rank=0)  # train=False never uses them
-        return Engine.make_batch(shim, raw, train=False)
+        return prepare(raw, self.recipe)
 
     def batches(self, idx: np.ndarray | None = None,
                 batch_size: int | None = None) -> Iterator[tuple[np.ndarray, dict[str, Tensor]]]:
@@ -168,9 +166,16 @@ class LoadedRun:
             yield part, {k: v.to(self.device) for k, v in raw.items()}
 
     def autocast(self):
+        """The precision the run was tested in (its ``precision`` param), so an analysis sees the model
+        as the run did; fp32 instead where that was bf16 and this machine only emulates bf16 (~100x
+        slower), since the analyses' numbers do not hinge on it. Older runs: the recipe's setting."""
+        from avbench.hardware import resolve_precision
         from avbench.train.engine import autocast
 
-        return autocast(self.device, self.recipe.amp)
+        recorded = self.params.get("precision") or self.recipe.amp
+        if recorded != "fp32" and resolve_precision("auto", self.device)[0] == "fp32":
+            recorded = "fp32"
+        return autocast(self.device, recorded)
 
 
 _TMP: list[str] = []

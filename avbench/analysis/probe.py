@@ -7,16 +7,31 @@ shared layer on, when the shared width is small. As in the reference: an L1 logi
 their video representations) and tested on the second half. The coefficients, sorted by magnitude,
 show whether a few dimensions carry the modality (Fig. 3C): ``top_share`` is the largest
 coefficient's share of the total absolute weight.
+
+Clips: the whole test split by default. The authors' representations for the probe were computed on
+their 5-per-class test subset (``test_vgg_convnext_2_5_per_class.json``, with ``feat_norm False``);
+``probe_rows(labels, 5)`` (``avbench analyze --probe-per-class 5``) takes the same stratified subset the
+retrieval uses.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
 from avbench.analysis.representations import paired_layers
+
+
+def probe_rows(labels: np.ndarray, per_class: int) -> np.ndarray | None:
+    """The clips to probe: ``None`` (every test clip) for ``per_class`` 0, else the stratified subset
+    of ``per_class`` clips per class (seed 0, the retrieval's subset)."""
+    if per_class <= 0:
+        return None
+    from avbench.metrics.retrieval import stratified_subset
+
+    return stratified_subset(labels, per_class, seed=0)
 
 
 def l1_logistic_regression():

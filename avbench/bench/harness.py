@@ -32,7 +32,7 @@ from avbench.bench.timing import load_average, synchronize, time_rounds
 from avbench.errors import UserError
 
 MODES = ("train", "infer", "both")
-PRECISIONS = ("bf16", "fp16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass
@@ -43,7 +43,7 @@ class BenchRequest:
     synthetic: bool = False
     device: str = "cpu"
     batch_size: int | None = None  # None: the recipe's
-    amp: str | None = None  # None: the recipe's
+    amp: str | None = None  # auto, bf16, fp16, fp32; None: the recipe's (auto: avbench.hardware decides)
     compile: bool = False
     mode: str = "both"
     warmup: int | None = None  # None: 2 on CPU, 10 on CUDA
@@ -131,7 +131,7 @@ def run_bench(req: BenchRequest) -> dict[str, Any]:
     if req.mode not in MODES:
         raise UserError(f"--mode must be one of {', '.join(MODES)}, got '{req.mode}'")
     if req.amp is not None and req.amp not in PRECISIONS:
-        raise UserError(f"--amp must be one of {', '.join(PRECISIONS)}, got '{req.amp}'")
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{req.amp}'")
     if req.batch_size is not None and req.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     if sum([req.synthetic, req.dataset is not None, req.cache is not None]) != 1:
@@ -202,7 +202,9 @@ def _bench(req: BenchRequest, res: Any, source: dict[str, Any]) -> dict[str, Any
         strategy.begin_stage(s)
     n_train = len(engine.train_split)
     load_before = load_average()
-    precisions = sorted({recipe.amp, "fp32"} | ({"bf16"} if recipe.amp != "fp16" else set()))
+    recipe = engine.recipe  # "auto" resolved by the engine
+    # The rate of the precision trained in and of fp32 (never of an emulated bf16: minutes per product).
+    precisions = sorted({recipe.amp, "fp32"})
     rates = {p: {"before": matmul_rate(device, p, req.peak_sizes, req.peak_seconds)} for p in precisions}
     # On a shared CPU the rate is also sampled between timed rounds (GPUs are not time-shared).
     probe = None if cuda else RateProbe(device, precisions, req.peak_sizes)
@@ -211,7 +213,7 @@ def _bench(req: BenchRequest, res: Any, source: dict[str, Any]) -> dict[str, Any
         "strategy": strategy.name, "strategy_target": req.strategy, "stage": stage,
         "config": dataclasses.asdict(res.strategy_cfg), "source": source,
         "device": str(device), "device_name": describe_device(device), "threads": torch.get_num_threads(),
-        "precision": recipe.amp, "compile": recipe.compile,
+        "precision": recipe.amp, "precision_reason": engine.precision_reason, "compile": recipe.compile,
         "parameters": int(strategy.num_parameters()),
         "trainable_parameters": int(sum(p.numel() for p in strategy.trainable_parameters())),
         "warmup_steps": warmup, "timed_steps": steps, "batch_size_search": None,
@@ -441,7 +443,7 @@ def bench_train(engine: Any, warmup: int, steps: int, data_path: bool, reference
         synchronize(device)
         dt = time.perf_counter() - t0
         data["epoch"] = {"seconds": dt, "clips": n_clips, "clips_per_s": n_clips / dt if dt > 0 else float("nan"),
-                         "train_split": len(engine.train_split)}
+                         "train_split": len(engine.train_split), "train_rows": len(engine.train_rows)}
     out["data"] = data
     return out
 
@@ -555,7 +557,8 @@ def log_to_mlflow(result: dict[str, Any], results_dir: str) -> str:
                                     tags={TAG_KIND: "bench", TAG_STRATEGY: result["strategy"]})
     rid = run.info.run_id
     params = {"strategy": result["strategy"], "device": result["device"], "device_name": result["device_name"],
-              "precision": result["precision"], "compile": result["compile"], "batch_size": result["batch_size"],
+              "precision": result["precision"], "precision_reason": result.get("precision_reason", ""),
+              "compile": result["compile"], "batch_size": result["batch_size"],
               "threads": result["threads"], "source": result["source"].get("kind"),
               **{f"model.{k}": v for k, v in result["config"].items()}}
     tracker.log_params(rid, params)

@@ -13,6 +13,8 @@
     <split>/present.npy    [N, 2] bool: audio present, video present
     <split>/done.npy       [N] bool: rows written
     <split>/extra_<k>.npy  optional per-clip arrays named in manifest["splits"][split]["extras"]
+    train/val_rows.npy     training rows held out for validation when the dataset has no official
+                           validation split (named in manifest["validation"]; see cache/validation.py)
 
 ``manifest.json`` is written last and atomically: a directory without it is an unfinished cache;
 ``manifest.pending.json`` holds the settings while rows are still being written so a rerun resumes.
@@ -49,6 +51,7 @@ class Manifest:
     extractor: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # dataset-specific facts (synth knobs, norm stats)
+    validation: dict[str, Any] = field(default_factory=dict)  # the validation split (cache/validation.py)
     key: str = ""
     avbench_version: str = ""
     schema_version: int = SCHEMA_VERSION

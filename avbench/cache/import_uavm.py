@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from avbench.cache import format as fmt
+from avbench.cache.validation import record_validation
 from avbench.cache.writer import CacheWriter
 from avbench.config import config_hash
 from avbench.datasets.adapters import read_class_indices
@@ -235,6 +236,7 @@ def import_uavm(train_json: str | Path, test_json: str | Path, labels_csv: str |
             bar.close()
     info = _info(writer)
     writer.finalize(info)
+    record_validation(out)  # the stratified hold-out (VGGSound/AudioSet have no official validation split)
     if fail_path.exists() and fail_path.stat().st_size == 0:
         fail_path.unlink()
     return {"cache": str(out), "key": key, "this_run": counts, "info": info}

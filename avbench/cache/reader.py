@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from torch import Tensor
 from avbench.api import FeatureSpec, TaskSpec
 from avbench.cache import format as fmt
 from avbench.errors import UserError
+
+if TYPE_CHECKING:
+    from avbench.cache.validation import Validation
 
 
 class FeatureCache:
@@ -63,7 +66,10 @@ class FeatureCache:
     def split_names(self) -> list[str]:
         return list(self.manifest.splits)
 
-    def split(self, name: str) -> "CacheSplit":
+    def split(self, name: str) -> "CacheSplit | SplitView":
+        """A stored split by name; ``"val"`` is the validation split even when it is a hold-out."""
+        if name == "val" and name not in self.manifest.splits:
+            return self.val_split()
         if name not in self.manifest.splits:
             raise UserError(f"{self.root}: no split '{name}' (has {', '.join(self.split_names)})")
         if name not in self._splits:
@@ -73,8 +79,78 @@ class FeatureCache:
     def train_split(self) -> "CacheSplit":
         return self.split(_first_of(self.split_names, ("train", "balanced_train", "unbalanced_train")))
 
+    def test_split_name(self) -> str:
+        return _first_of(self.split_names, ("test", "eval", "val", "validation"))
+
     def test_split(self) -> "CacheSplit":
-        return self.split(_first_of(self.split_names, ("test", "eval", "val", "validation")))
+        return self.split(self.test_split_name())
+
+    # --- validation (avbench/cache/validation.py) ---------------------------------------------------
+    @cached_property
+    def validation(self) -> "Validation":
+        """The validation split: official, or a stratified hold-out of the training split recorded in
+        the cache on first use. Identical for every strategy and run on this cache."""
+        from avbench.cache.validation import resolve
+
+        return resolve(self)
+
+    def val_split(self) -> "CacheSplit | SplitView":
+        """The validation clips as a split (a row view of the training split for a hold-out)."""
+        v = self.validation
+        split = self.split(v.split)
+        return split if v.official else SplitView(split, v.rows, "val")
+
+    def fit_rows(self) -> np.ndarray:
+        """Training-split rows to train on when validating honestly: every row with a modality present,
+        minus the validation hold-out (all of them when the validation split is official)."""
+        train = self.train_split()
+        rows = np.flatnonzero(train.present.any(axis=1))
+        return np.setdiff1d(rows, self.validation.held_out, assume_unique=True)
+
+
+class SplitView:
+    """Rows ``rows`` of a split, read like a split (a validation hold-out inside the training split).
+
+    Labels, ids, presence, onsets and extras are subset eagerly (they are small); features are
+    gathered from the parent's memmaps on demand, so no feature is copied or rewritten.
+    """
+
+    def __init__(self, parent: "CacheSplit", rows: np.ndarray, name: str):
+        self.parent = parent
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.name = name
+        self.root = parent.root
+        self.labels = parent.labels[self.rows]
+        self.present = parent.present[self.rows]
+        self.done = parent.done[self.rows]
+        self.onsets = None if parent.onsets is None else parent.onsets[self.rows]
+        self.ids = [parent.ids[i] for i in self.rows]
+        self.extras = {k: v[self.rows] for k, v in parent.extras.items()}
+
+    @cached_property
+    def audio(self) -> np.ndarray:
+        return np.asarray(self.parent.audio[self.rows])
+
+    @cached_property
+    def video(self) -> np.ndarray:
+        return np.asarray(self.parent.video[self.rows])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def gather(self, idx: np.ndarray) -> dict[str, Tensor]:
+        """Rows ``idx`` of the view (``index`` holds view positions, as for a split)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        out = self.parent.gather(self.rows[idx])
+        out["index"] = torch.from_numpy(idx)
+        return out
+
+    def nbytes(self) -> int:
+        n, p = len(self.rows), max(1, len(self.parent))
+        return int(self.parent.nbytes() * n / p)
+
+    def to_device(self, device: torch.device | str) -> "DeviceSplit":
+        return DeviceSplit(self, device)
 
 
 def _first_of(names: list[str], wanted: tuple[str, ...]) -> str:

@@ -7,17 +7,36 @@ manifest appears only when every row of every split is done.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.lib.format import open_memmap
 
 import avbench
+from avbench import fsguard
 from avbench.cache import format as fmt
 from avbench.errors import UserError
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the file's blocks now: a full disk is an ENOSPC here, not a SIGBUS mid-write."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return  # a filesystem without fallocate: the free-space check stands alone
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    finally:
+        os.close(fd)
 
 
 class SplitWriter:
@@ -38,8 +57,16 @@ class SplitWriter:
                     raise UserError(f"{path}: existing array is {arr.dtype}{list(arr.shape)}, "
                                     f"expected {dtype}{list(shape)}; remove the cache or use another --out")
                 return arr
-            return open_memmap(path, mode=mode, dtype=dtype, shape=shape)
+            arr = open_memmap(path, mode=mode, dtype=dtype, shape=shape)
+            _reserve(path)
+            return arr
 
+        if not resume:  # refuse (needed vs free) before a memmap that would SIGBUS on a full disk
+            shapes = [(fmt.FEATURE_DTYPE, (size, num_steps, audio_dim)), (fmt.FEATURE_DTYPE, (size, num_steps, video_dim)),
+                      ("bool", (size, 2)), ("bool", (size,))] + [(dt, (size, *tail)) for dt, tail in extras.values()]
+            shapes += [("bool", (size, num_steps))] if with_onsets else []
+            need = sum(int(np.dtype(dt).itemsize * np.prod(shape)) for dt, shape in shapes)
+            fsguard.check_space(root, need, "cache split")
         self.audio = mm("audio.npy", fmt.FEATURE_DTYPE, (size, num_steps, audio_dim))
         self.video = mm("video.npy", fmt.FEATURE_DTYPE, (size, num_steps, video_dim))
         self.present = mm("present.npy", "bool", (size, 2))

@@ -29,6 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="robustness baseline: a run id, or a strategy with a run on the same cache "
                         "(default late_fusion)")
     p.add_argument("--per-class", type=int, default=5, help="retrieval subset: clips per class (default 5)")
+    p.add_argument("--retrieval-inputs", choices=["normalised", "raw"], default="normalised",
+                   help="retrieval inputs L2-normalised per step as in training (default), or raw as the "
+                        "UAVM authors' retrieval scripts load them (feat_norm False)")
+    p.add_argument("--probe-per-class", type=int, default=0,
+                   help="probe on N clips per class (5: the authors' subset); 0 = every test clip (default)")
     p.add_argument("--tsne-per-class", type=int, default=10, help="t-SNE subset: clips per class (default 10)")
     p.add_argument("--attention-clips", type=int, default=256, help="clips for the attention difference")
     p.add_argument("--clip", type=int, default=0, help="which of those clips the attention heatmap shows")
@@ -101,6 +106,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if not ids:
             raise UserError(f"no finished run with seed(s) {args.seeds} among the selected runs")
     opts = driver.Options(per_class=args.per_class, tsne_per_class=args.tsne_per_class,
+                          retrieval_inputs=args.retrieval_inputs, probe_per_class=max(0, args.probe_per_class),
                           attention_clips=args.attention_clips, heatmap_clip=args.clip, baseline=args.baseline,
                           cache=args.cache, device=args.device, plots=not args.no_plots,
                           noise_levels=noise, shift_levels=shift)

@@ -24,7 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--find-batch-size", action="store_true",
                    help="search the largest batch that fits (doubling from --batch-size); the result records it")
     p.add_argument("--max-batch-size", type=int, default=4096, help="upper bound for --find-batch-size")
-    p.add_argument("--amp", choices=["bf16", "fp16", "fp32"], help="autocast precision (default: the recipe's)")
+    p.add_argument("--precision", "--amp", dest="amp", choices=["auto", "bf16", "fp16", "fp32"],
+                   help="autocast precision (default: the recipe's, auto: bf16 where the device computes it "
+                        "natively and faster, else fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step and predict")
     p.add_argument("--mode", choices=["train", "infer", "both"], default="both")
     p.add_argument("--reference", action="store_true",
@@ -51,7 +53,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from avbench import config as cfgmod
     from avbench.bench import BenchRequest, log_to_mlflow, run_bench
-    from avbench.runner import write_json
 
     req = BenchRequest(strategy=args.strategy, dataset=args.dataset, cache=args.cache, synthetic=args.synthetic,
                        device=args.device, batch_size=args.batch_size, amp=args.amp, compile=args.compile,
@@ -64,8 +65,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.log_mlflow:
         result["mlflow_run_id"] = log_to_mlflow(result, args.results_dir)
     print(format_result(result))
-    if args.output_json:
-        write_json(args.output_json, result)
+    if args.output_json:  # the results contract: provenance, metric_info, validated (avbench/results.py)
+        from avbench import results
+
+        results.write(args.output_json, results.finalize("bench", result))
     return 0
 
 
@@ -95,7 +98,8 @@ def format_result(r: dict[str, Any]) -> str:
              f"{s.get('dataset', '')} (T={s['num_steps']}, audio {s['audio_dim']}-d, video {s['video_dim']}-d, "
              f"{s['num_classes']} classes)",
              f"device: {r['device_name']}, batch {r['batch_size']}, {r['warmup_steps']} warm-up + "
-             f"{r['timed_steps']} timed steps"]
+             f"{r['timed_steps']} timed steps",
+             f"precision: {r['precision']} ({r.get('precision_reason', '')})"]
     rows = []
     for key in ("train", "reference", "infer"):
         x = r.get(key)

@@ -8,15 +8,19 @@ import sys
 
 
 def _default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2) // 2))
+    from avbench.hardware import usable_cpus
+
+    return max(1, min(8, usable_cpus() // 2))
 
 
 def _default_threads(args: argparse.Namespace) -> int | None:
     """On CPU, leave the decoding workers their cores: oversubscribed OpenMP threads spin and stall."""
     if not args.device.startswith("cpu") or os.environ.get("OMP_NUM_THREADS"):
         return None
+    from avbench.hardware import usable_cpus
+
     ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, ((os.cpu_count() or 1) - args.workers * ranks) // ranks)
+    return max(1, (usable_cpus() - args.workers * ranks) // ranks)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--video-weights", help="local checkpoint for the video model")
     g.add_argument("--no-pretrained", action="store_true",
                    help="random (seeded) weights instead of timm's pretrained ones")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="model precision (bf16 autocast)")
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="model precision (bf16 = bf16 autocast; auto, the default: bf16 where the device computes "
+                        "it natively and faster, else fp32; the cache key records the one used)")
     f = p.add_argument_group("front end")
     f.add_argument("--target-length", type=int, default=1000, help="fbank frames per clip, padded or cut (1000 = 10 s)")
     f.add_argument("--num-steps", type=int, default=30, help="feature steps T per clip")

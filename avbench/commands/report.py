@@ -1,6 +1,6 @@
 """``avbench report --dataset NAME --out DIR``: the comparison report (Markdown + self-contained HTML).
 
-Writes ``DIR/report.md`` with ``DIR/figures/*.png`` and ``DIR/report.html`` with the figures inlined:
+Writes ``DIR/report.md`` with ``DIR/figures/*.png`` (and ``.pdf``/``.svg`` beside each), ``DIR/report.json`` (the results contract) and ``DIR/report.html`` with the figures inlined:
 the comparison table with significance marks, sweeps, representation analyses, robustness, event
 types, accuracy against cost, and a list of what is missing.
 """
@@ -22,17 +22,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from avbench import log
+    from avbench.analysis.loading import open_tracker
     from avbench.errors import UserError
     from avbench.report.document import build_report
-    from avbench.analysis.loading import open_tracker
 
     if args.bootstrap is not None and args.bootstrap < 100:
         raise UserError("--bootstrap must be at least 100")
+    from avbench.fsguard import check_dir
+
+    check_dir(args.out, "--out")  # a read-only or wrong --out fails now, in one line (avbench.fsguard)
     res = build_report(open_tracker(args.results_dir), args.dataset, args.out, n_boot=args.bootstrap,
                        command=f"avbench report --dataset {args.dataset} --out DIR")
-    print(f"wrote {res.markdown} and {res.html} ({len(res.figures)} figure(s))")
+    logger = log.get("report")
+    logger.info(f"wrote {res.markdown}, {res.html} and report.json ({len(res.figures)} figure(s), each also as "
+                f"PDF and SVG)")
     if res.missing:
-        print("missing pieces:")
-        for m in res.missing:
-            print(f"  - {m}")
+        logger.info("missing pieces:\n" + "\n".join(f"  - {m}" for m in res.missing))
     return 0

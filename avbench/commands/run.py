@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from avbench import config_file
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="train and evaluate a strategy over seeds",
@@ -17,13 +19,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set a strategy, recipe (train.) or dataset (data.) field; repeatable")
+    p.add_argument("--preset", help="a named configuration of the strategy (avbench show STRATEGY), before --set")
+    p.add_argument("--tuned", nargs="?", const="auto", metavar="TUNED_JSON",
+                   help="use the configuration avbench tune stored for this strategy and cache (or this file); --set wins")
+    p.add_argument("--recipe", default="default", help="named training recipe: default, or reference (the UAVM "
+                   "authors' training as their code runs it; README 'Recipe differences'), before --set")
+    p.add_argument("--init-from", metavar="PATH", help="start from these weights: an avbench model.pt or a "
+                   "paper's released state dict (avbench.authors_checkpoint)")
+    config_file.add_argument(p)  # --config FILE (avbench/config_file.py)
     p.add_argument("--results-dir", default="results", help="MLflow sqlite DB, artifacts, checkpoints")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--protocol", default="standard", choices=["standard", "cross-modal"])
     p.add_argument("--train-modality", choices=["audio", "video"], help="with --protocol cross-modal")
     p.add_argument("--output-json", help="write the summary as JSON here")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
-    p.add_argument("--skip-finished", action="store_true", help="skip seeds that already have a finished run")
+    p.add_argument("--skip-finished", action="store_true",
+                   help="(the default now) seeds that already have a finished run are skipped with a line")
+    p.add_argument("--force", action="store_true", help="rerun seeds that already finished, replacing their runs")
+    p.add_argument("--strict-tracking", action="store_true",
+                   help="exit non-zero when MLflow cannot be reached (results are kept locally either way; "
+                        "send them later with avbench sync)")
     p.add_argument("--cache-root", help="where generated dataset caches live (default: user cache dir)")
     p.add_argument("--no-save-model", action="store_true", help="do not log model weights to MLflow")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -37,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import os
 
     from avbench import config as cfgmod
-    from avbench import runner
+    from avbench import log, results, runner
     from avbench.errors import UserError
     from avbench.report.console import print_run_summary
 
@@ -51,7 +66,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         epochs=args.epochs, overrides=cfgmod.parse_pairs(args.overrides), results_dir=args.results_dir,
         device=args.device, protocol=args.protocol, train_modality=args.train_modality, resume=args.resume,
         cache_root=args.cache_root, progress=not args.no_progress, skip_finished=args.skip_finished,
-        save_model=not args.no_save_model)
+        save_model=not args.no_save_model, force=args.force, strict_tracking=args.strict_tracking,
+        preset=args.preset, recipe_name=args.recipe, init_from=args.init_from)
+    req.progress = log.progress_enabled(req.progress)  # bars only on a terminal unless --progress always
+    if args.tuned:  # the configuration avbench tune stored (avbench/tune.py); --set still wins
+        from avbench.tune import apply_tuned
+
+        req = apply_tuned(req, args.tuned)
+    if args.output_json:  # a path that cannot be written fails now, not after training
+        from avbench.fsguard import check_file
+
+        check_file(args.output_json, "--output-json")
     if args.nproc > 1:
         from avbench.train import distributed
 
@@ -61,8 +86,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = runner.run(req)
     if int(os.environ.get("RANK", 0)) == 0:  # one table and one JSON file per run, from rank 0
         print_run_summary(summary)
-        if args.output_json:
-            runner.write_json(args.output_json, summary)
+        if args.output_json:  # the summary and its resolved config (.config.yaml) beside it
+            results.write_run_outputs(args.output_json, summary)
     return 0
 
 
@@ -77,10 +102,12 @@ def worker_args(args: argparse.Namespace) -> list[str]:
     for item in args.overrides:
         out += ["--set", item]
     for flag, value in (("--train-modality", args.train_modality), ("--output-json", args.output_json),
-                        ("--cache-root", args.cache_root)):
+                        ("--cache-root", args.cache_root), ("--preset", args.preset), ("--tuned", args.tuned),
+                        ("--recipe", args.recipe), ("--init-from", args.init_from)):
         if value:
             out += [flag, value]
-    for flag, on in (("--resume", args.resume), ("--skip-finished", args.skip_finished),
+    for flag, on in (("--resume", args.resume), ("--skip-finished", args.skip_finished), ("--force", args.force),
+                     ("--strict-tracking", args.strict_tracking),
                      ("--no-save-model", args.no_save_model), ("--no-progress", args.no_progress)):
         if on:
             out.append(flag)

@@ -6,8 +6,10 @@ Axes (``--grid``, repeatable; the points are their Cartesian product)::
     --grid "n_specific,n_shared=6,0;3,3;0,6"            zipped keys: tuples split by ';'
     --grid "n_shared=0,3,6" --tie "n_specific=6-n_shared"   a key derived by arithmetic
 
-Finished seeds are skipped, so rerunning the same command resumes it; failed points are listed at
-the end (exit code 1) without stopping the others.
+Every (point, seed) is one job. ``--jobs N`` runs N at once on this machine (the cores divided
+between them); ``--executor ray`` spreads them over a Ray cluster (``--address auto``). Finished seeds
+are skipped, so rerunning the same command resumes it, whatever the executor; failed jobs are listed
+at the end (exit code 1) without stopping the others; Ctrl-C cancels and marks running runs KILLED.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fixed settings for every point (as in avbench run)")
+    p.add_argument("--recipe", default="default", help="named recipe for every point (default, reference), before --set")
+    p.add_argument("--preset", help="a named configuration of the strategy for every point, before --set and the grid")
     p.add_argument("--name", help="sweep name used by the report (default: the swept keys joined by '-')")
     p.add_argument("--results-dir", default="results")
     p.add_argument("--device", default="cpu")
@@ -38,10 +42,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-save-model", action="store_true", help="do not log model weights to MLflow")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--output-json", help="write every point's status and summary here")
+    from avbench import config_file
+
+    config_file.add_argument(p)  # --config FILE: the sweep's fields in YAML (avbench/config_file.py)
+    ex = p.add_argument_group("where the jobs run (one job = one point and seed)")
+    ex.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help="local: processes on this machine (default); ray: tasks on a Ray cluster")
+    ex.add_argument("--jobs", type=int, help="local: jobs at once (default 1); the cores are divided between them")
+    ex.add_argument("--address", help="ray: cluster address (auto, HOST:6379, ray://HOST:10001); "
+                                      "default: start a local cluster for this sweep")
+    ex.add_argument("--threads-per-job", type=int,
+                    help="CPU threads of each job (local default: usable cores // --jobs; ray default: 1). "
+                         "Give the same value to compare executors: float results can depend on it")
+    ex.add_argument("--gpus-per-job", type=float, default=0.0,
+                    help="GPUs of each job with --device cuda (ray: fractions such as 0.5 share a GPU)")
     p.set_defaults(func=cmd_sweep)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from tabulate import tabulate
 
     from avbench import config as cfgmod
@@ -66,13 +86,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     req = sw.SweepRequest(strategies=strategies, grid=grid, seeds=seeds, dataset=args.dataset,
                           cache=args.cache, epochs=args.epochs, overrides=cfgmod.parse_pairs(args.overrides),
                           results_dir=args.results_dir, device=args.device, name=name, cache_root=args.cache_root,
-                          progress=not args.no_progress, save_model=not args.no_save_model)
-
-    def on_point(i: int, total: int, r: sw.PointResult) -> None:
-        extra = f": {r.error}" if r.error else ""
-        print(f"[{i}/{total}] {r.strategy} {sw.format_point(r.point)}: {r.status}{extra}", flush=True)
-
-    results = sw.run_sweep(req, on_point=on_point)
+                          progress=not args.no_progress, save_model=not args.no_save_model,
+                          executor=args.executor, jobs=args.jobs, address=args.address,
+                          threads_per_job=args.threads_per_job, gpus_per_job=args.gpus_per_job,
+                          recipe_name=args.recipe, preset=args.preset)
+    if args.gpus_per_job and not args.device.startswith("cuda"):
+        raise UserError("--gpus-per-job needs --device cuda")
+    results = sw.run_sweep(req)  # prints one line per finished job under a single progress bar
     rows = []
     for r in results:
         s = (r.summary or {}).get("summary", {})
@@ -86,7 +106,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         runner.write_json(args.output_json, {"name": name, "points": [
             {"strategy": r.strategy, "point": r.point, "status": r.status, "error": r.error,
              "parent_run_id": (r.summary or {}).get("parent_run_id"),
-             "summary": (r.summary or {}).get("summary")} for r in results]})
+             "summary": (r.summary or {}).get("summary"),
+             "seeds": [dataclasses.asdict(s) for s in r.seeds]} for r in results]})
     if failed:
         print(f"\n{len(failed)} of {len(results)} point(s) failed:")
         for r in failed:

@@ -22,6 +22,26 @@ at the input layer separates them perfectly, which the UAVM representation analy
 
 With ``secondary_rate > 0`` a clip may also carry a second class (its own event type); the task is
 then multilabel, for the multi-label evaluation of paper 003.
+
+Instance identity (``instance > 0``, on by default): every clip draws a unit vector u of
+``instance_dim`` dimensions, and both modalities carry ``instance * snr`` times a fixed projection of u
+(one per modality) at their event steps. Audio and video of one clip then share something beyond the
+class, so A<->V instance retrieval (UAVM Fig. 4) has something to find; u is stored as the extra
+``instance`` for oracle checks.
+
+Onsets (``onsets.npy``) are the rhythmic events' exact evidence steps by default: an *oracle*, which
+isolates fusion from onset-detection error. ``onset_jitter`` (max steps an onset moves),
+``onset_miss`` (probability a true onset is dropped) and ``onset_false`` (per-step probability of a
+false alarm, in any clip) make them look like a detector's output instead (e.g. 1, 0.2, 0.05); the
+features are unchanged, only the onsets a strategy is given.
+
+Event types depend on the class (``class_type``, default 0.5): a clip takes its class's own type
+(classes go round-robin over the types ``event_mix`` allows) with that probability, else one drawn
+from ``event_mix``, so every class has a true dominant event type that paper 003's per-class vote
+(``avbench analyze --what event-types``) can be scored against.
+
+The training split carries a stratified 10% validation hold-out (``val_fraction``), recorded in the
+cache when it is written (avbench/cache/validation.py).
 """
 
 from __future__ import annotations
@@ -33,30 +53,38 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from avbench.cache import validation
 from avbench.cache.format import Manifest
 from avbench.cache.writer import CacheWriter
-from avbench.config import config_hash
+from avbench.config import config_hash, in_range
 from avbench.datasets.base import DatasetCard
 from avbench.errors import UserError
 
 EVENT_TYPES = ("continuous", "instant", "rhythmic", "audio_only", "visual_only")
-GENERATOR_VERSION = 2  # bump when generation changes numbers: it is part of the cache key
+GENERATOR_VERSION = 3  # bump when generation changes numbers: it is part of the cache key
 
 
 @dataclass
 class SynthKnobs:
-    classes: int = 12
-    train_clips: int = 2400
-    test_clips: int = 960
-    steps: int = 30
-    audio_dim: int = 128
-    video_dim: int = 96
-    snr: float = 0.4  # evidence norm relative to per-step noise norm
+    classes: int = in_range(12, "[2, inf)")
+    train_clips: int = in_range(2400, "[1, inf)")
+    test_clips: int = in_range(960, "[1, inf)")
+    steps: int = in_range(30, "[1, inf)")
+    audio_dim: int = in_range(128, "[1, inf)")
+    video_dim: int = in_range(96, "[1, inf)")
+    snr: float = in_range(0.4, "[0, inf)")  # evidence norm relative to per-step noise norm
     event_mix: str = "continuous,instant,rhythmic,audio_only,visual_only"  # names, or name:weight
-    instant_fraction: float = 0.1  # instant window as a fraction of T
-    distractor: float = 0.5  # amplitude of single-modality distractor events, relative to snr
-    secondary_rate: float = 0.0  # probability of a second labelled event (multilabel when > 0)
-    seed: int = 0
+    instant_fraction: float = in_range(0.1, "(0, 1]")  # instant window as a fraction of T
+    distractor: float = in_range(0.5, "[0, inf)")  # amplitude of single-modality distractor events, relative to snr
+    secondary_rate: float = in_range(0.0, "[0, 1]")  # probability of a second labelled event (multilabel when > 0)
+    instance: float = in_range(1.0, "[0, inf)")  # per-clip identity in both modalities at event steps, x snr
+    instance_dim: int = in_range(8, "[1, inf)")
+    onset_jitter: int = in_range(0, "[0, inf)")  # realistic onsets: max shift (steps) of a reported onset
+    onset_miss: float = in_range(0.0, "[0, 1]")  # realistic onsets: probability a true onset is not reported
+    onset_false: float = in_range(0.0, "[0, 1]")  # realistic onsets: per-step probability of a false alarm
+    class_type: float = in_range(0.5, "[0, 1]")  # probability a clip takes its class's own event type
+    val_fraction: float = in_range(0.1, "(0, 1)")  # stratified validation hold-out of the training split
+    seed: int = in_range(0, "[0, inf)")
 
 
 def parse_event_mix(spec: str) -> np.ndarray:
@@ -107,6 +135,14 @@ class _World:
         spectrum = np.exp(-np.linspace(0, 2.0, k.video_dim))
         self.scale_v = spectrum / np.sqrt((spectrum ** 2).sum())
         self.mix = parse_event_mix(k.event_mix)
+        # Instance identity: one fixed projection per modality of the clip's latent u (own stream,
+        # so the draws above are those of generator 2).
+        irng = np.random.default_rng([k.seed, 7919, 1])
+        self.inst_a = _unit(irng, k.instance_dim, k.audio_dim)
+        self.inst_v = _unit(irng, k.instance_dim, k.video_dim)
+        # Every class has a characteristic event type (round-robin over the types the mix allows).
+        allowed = np.flatnonzero(self.mix > 0)
+        self.class_type = allowed[np.arange(k.classes) % len(allowed)]
 
 
 def _event_masks(rng: np.random.Generator, etype: np.ndarray, k: SynthKnobs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -142,6 +178,8 @@ def generate_split(world: _World, k: SynthKnobs, n: int, split_seed: int) -> dic
     t = k.steps
     cls = rng.integers(0, k.classes, n)
     etype = rng.choice(len(EVENT_TYPES), size=n, p=world.mix)
+    own = np.random.default_rng([k.seed, split_seed, 107]).random(n) < k.class_type
+    etype[own] = world.class_type[cls[own]]
     ma, mv, onsets = _event_masks(rng, etype, k)
 
     audio = world.offset_a + rng.standard_normal((n, t, k.audio_dim)) * world.scale_a
@@ -161,6 +199,12 @@ def generate_split(world: _World, k: SynthKnobs, n: int, split_seed: int) -> dic
         audio += amp * ((which == 0)[:, None] & dmask)[..., None] * world.proto_a[other][:, None, :]
         video += amp * ((which == 1)[:, None] & dmask)[..., None] * world.proto_v[other][:, None, :]
 
+    instance = _unit(np.random.default_rng([k.seed, split_seed, 101]), n, k.instance_dim)
+    if k.instance > 0:
+        amp = k.instance * k.snr
+        audio += amp * ma[..., None] * (instance @ world.inst_a)[:, None, :]
+        video += amp * mv[..., None] * (instance @ world.inst_v)[:, None, :]
+
     labels = np.zeros((n, k.classes), np.uint8)
     labels[np.arange(n), cls] = 1
     etype2 = np.full(n, -1, np.int8)
@@ -176,6 +220,7 @@ def generate_split(world: _World, k: SynthKnobs, n: int, split_seed: int) -> dic
         onsets |= on2 & has2[:, None]
         labels[np.arange(n)[has2], cls2[has2]] = 1
         etype2[has2] = e2[has2]
+    onsets = realistic_onsets(onsets, k, np.random.default_rng([k.seed, split_seed, 103]))
     return {
         "audio": audio.astype(np.float16),
         "video": video.astype(np.float16),
@@ -183,7 +228,22 @@ def generate_split(world: _World, k: SynthKnobs, n: int, split_seed: int) -> dic
         "onsets": onsets,
         "event_type": etype.astype(np.int8),
         "event_type2": etype2,
+        "instance": instance.astype(np.float32),
     }
+
+
+def realistic_onsets(onsets: np.ndarray, k: SynthKnobs, rng: np.random.Generator) -> np.ndarray:
+    """The oracle onsets as a detector would report them: each true onset dropped with probability
+    ``onset_miss``, moved by up to ``onset_jitter`` steps, plus false alarms at rate ``onset_false``.
+    With all three at 0 (the default) the oracle is returned unchanged."""
+    if k.onset_jitter == 0 and k.onset_miss == 0 and k.onset_false == 0:
+        return onsets
+    n, t = onsets.shape
+    clip, step = np.nonzero(onsets & (rng.random((n, t)) >= k.onset_miss))
+    step = np.clip(step + rng.integers(-k.onset_jitter, k.onset_jitter + 1, len(step)), 0, t - 1)
+    out = np.zeros_like(onsets)
+    out[clip, step] = True
+    return out | (rng.random((n, t)) < k.onset_false)
 
 
 def synth_key(k: SynthKnobs) -> str:
@@ -201,7 +261,8 @@ def build_synth_cache(path: Path, k: SynthKnobs) -> Path:
         extractor={"audio": {"name": "synth", "version": GENERATOR_VERSION},
                    "video": {"name": "synth", "version": GENERATOR_VERSION}},
         provenance={"generator": "avbench.datasets.synth", "generator_version": GENERATOR_VERSION},
-        info={"knobs": dataclasses.asdict(k), "event_types": list(EVENT_TYPES)},
+        info={"knobs": dataclasses.asdict(k), "event_types": list(EVENT_TYPES),
+              "class_event_types": [EVENT_TYPES[t] for t in world.class_type]},
     )
     classes = [(f"synth_{c}", f"class {c}") for c in range(k.classes)]
     writer = CacheWriter(path, manifest, classes, overwrite=True)
@@ -209,10 +270,12 @@ def build_synth_cache(path: Path, k: SynthKnobs) -> Path:
         data = generate_split(world, k, n, split_seed)
         ids = [f"{name}_{i:06d}" for i in range(n)]
         sw = writer.create_split(name, ids, data["labels"],
-                                 extras={"event_type": ("int8", ()), "event_type2": ("int8", ())})
+                                 extras={"event_type": ("int8", ()), "event_type2": ("int8", ()),
+                                         "instance": ("float32", (k.instance_dim,))})
         sw.write(np.arange(n), data["audio"], data["video"], onsets=data["onsets"],
-                 event_type=data["event_type"], event_type2=data["event_type2"])
+                 event_type=data["event_type"], event_type2=data["event_type2"], instance=data["instance"])
     writer.finalize()
+    validation.record_validation(path, fraction=k.val_fraction)  # the stratified hold-out, with the cache
     return path
 
 

@@ -61,7 +61,7 @@ class ExtractSettings:
     num_steps: int = 30
     fps: float = 3.0
     short_side: int = 224
-    precision: str = "fp32"  # fp32 | bf16 (autocast for both models)
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast for both models); auto is resolved before hashing
 
 
 @dataclass
@@ -80,8 +80,8 @@ class RunOptions:
 def _check(s: ExtractSettings, o: RunOptions) -> None:
     if s.target_length < 1 or s.num_steps < 1 or s.fps <= 0 or s.short_side < 16:
         raise UserError("--target-length, --num-steps and --fps must be positive; --short-side at least 16")
-    if s.precision not in ("fp32", "bf16"):
-        raise UserError(f"--precision must be fp32 or bf16, got '{s.precision}'")
+    if s.precision not in ("auto", "fp32", "bf16"):
+        raise UserError(f"--precision must be auto, fp32 or bf16, got '{s.precision}'")
     if o.workers < 0 or o.batch_size < 1:
         raise UserError("--workers must be >= 0 and --batch-size >= 1")
     if o.device.startswith("cuda") and not torch.cuda.is_available():
@@ -114,6 +114,19 @@ class Extraction:
         if self.o.device.startswith("cuda"):
             return torch.device(f"cuda:{d.local_rank}" if self.o.device == "cuda" else self.o.device)
         return torch.device(self.o.device)
+
+    def _resolve_precision(self, device: torch.device, d: distributed.Dist) -> None:
+        """``auto`` becomes bf16 where the device computes it natively and faster, else fp32
+        (avbench.hardware); the resolved precision is what the cache key records."""
+        if self.s.precision != "auto":
+            return
+        from avbench.hardware import resolve_precision
+
+        # Rank 0's choice for every rank: the precision is part of the cache key all ranks share.
+        precision, why = d.broadcast(resolve_precision("auto", device))
+        self.s = dataclasses.replace(self.s, precision=precision)
+        if d.rank == 0:
+            self.log(f"precision: {precision} ({why})")
 
     def _models(self, device: torch.device) -> tuple[AudioExtractor, VideoExtractor]:
         dtype = torch.bfloat16 if self.s.precision == "bf16" else None
@@ -173,6 +186,7 @@ class Extraction:
         device = self._device(d)
         if self.o.threads:
             torch.set_num_threads(self.o.threads)
+        self._resolve_precision(device, d)
         amodel, vmodel = self._models(device)
         a_steps, a_dim = amodel.probe(self.s.target_length, afe.NUM_MEL_BINS)
         v_dim = vmodel.probe(self.s.short_side)
@@ -242,6 +256,9 @@ class Extraction:
             writer = self._open(manifest, clips, splits, rank=0)  # fresh view of every rank's rows
             info = self._info(writer, norm, clips)
             writer.finalize(info)
+            from avbench.cache.validation import record_validation  # official split, or a stratified hold-out
+
+            summary["validation"] = record_validation(self.out).record
             summary["info"] = info
         d.barrier()
         return summary

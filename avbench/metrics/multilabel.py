@@ -105,3 +105,21 @@ def comparison_table(result: Mapping[str, Any], average: str = "samples", fmt: s
     headers = ["union (ours)"] + [f"top-{k}" for k in result["top_k"]]
     row = [result["union"][average]] + [v[average] for v in result["top_k"].values()]
     return tabulate([row], headers=headers, tablefmt=fmt, floatfmt=".3f")
+
+
+def head_union_metrics(head_logits: Mapping[str, Any], labels: Any) -> dict[str, float]:
+    """What a run reports for a strategy with named heads: paper 003 Table 2's set prediction.
+
+    ``{"heads/union_f1": samples-average F1, "heads/union_f1_micro": micro F1, "heads/union_size":
+    mean set size}`` of the union of the heads' argmax against the multi-hot labels (on a
+    single-label task the F1 shows what the extra labels cost: a correct set of size s scores
+    2 / (s + 1)). Empty without at least two heads or without clips.
+    """
+    if len(head_logits) < 2:
+        return {}
+    y = _np(labels) > 0
+    if y.size == 0:
+        return {}
+    union = union_of_argmax(head_logits)
+    return {"heads/union_f1": set_f1(union, y, "samples"), "heads/union_f1_micro": set_f1(union, y, "micro"),
+            "heads/union_size": float(union.sum(axis=1).mean())}

@@ -1,7 +1,8 @@
 """Cross-modal retrieval (A->V, V->A) on a stratified subset, as in UAVM Fig. 4 and CAV-MAE.
 
 Queries and candidates are mean-pooled over time, L2-normalised, and ranked by cosine similarity;
-clip i's correct match is its own partner. R@k is the share of queries whose partner ranks within k.
+clip i's correct match is its own partner. R@k is the share of queries whose partner ranks within k;
+it is stored as ``R_at{k}`` (MLflow's spelling, used everywhere avbench writes results).
 """
 
 from __future__ import annotations
@@ -41,6 +42,6 @@ def retrieval_metrics(audio: np.ndarray, video: np.ndarray) -> dict[str, float]:
     for name, q, c in (("a2v", audio, video), ("v2a", video, audio)):
         r = ranks(q, c)
         for k in (1, 5, 10):
-            out[f"{name}_R@{k}"] = float((r <= k).mean())
+            out[f"{name}_R_at{k}"] = float((r <= k).mean())
         out[f"{name}_medr"] = float(np.median(r))
     return out

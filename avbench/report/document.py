@@ -17,6 +17,7 @@ or skipped (with the strategy's reason), columns a strategy does not evaluate, a
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import math
@@ -28,11 +29,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from avbench import results
 from avbench.errors import UserError
 from avbench.metrics.stats import mean_std_ci
 from avbench.report import plots
 from avbench.report import significance as sig
-from avbench.report.table import COLUMNS, TableRow, collect_rows, config_label
+from avbench.report.table import COLUMNS, TableRow, collect_rows, config_label, format_count
 
 TITLES = {"audio": "Audio", "video": "Video", "fusion": "Fusion"}
 ANALYSES = ("probe", "retrieval", "attention", "tsne", "robustness", "event-types")
@@ -194,7 +196,7 @@ def _download_npz(tracker: Any, run_id: str, path: str) -> dict[str, np.ndarray]
         return {k: z[k] for k in z.files}
 
 
-def gather(tracker: Any, dataset: str, *, predictions: bool = True) -> list[RowInfo]:
+def gather(tracker: Any, dataset: str, *, predictions: bool = True, analyses: bool = True) -> list[RowInfo]:
     from avbench.analysis.driver import TAG_PREFIX, artifact_name
 
     rows = collect_rows(tracker, dataset)
@@ -219,7 +221,7 @@ def gather(tracker: Any, dataset: str, *, predictions: bool = True) -> list[RowI
         if kids:
             res = _download_json(tracker, kids[0].info.run_id, "result.json") or {}
             info.skipped_columns = dict(res.get("skipped") or {})
-        for what in ANALYSES:
+        for what in ANALYSES if analyses else ():
             tag = TAG_PREFIX + what.replace("-", "_")
             states = [c.data.tags.get(tag, "") for c in kids]
             results = []
@@ -259,13 +261,14 @@ def pct(v: float | None, digits: int = 2) -> str:
     return "-" if v is None or not math.isfinite(v) else f"{100 * v:.{digits}f}"
 
 
-def cell(s: dict[str, float] | None) -> str:
-    """``mean ± std (ci_low–ci_high)`` in percent; CI only with 2+ seeds."""
-    if not s or s.get("n", 0) == 0 or not math.isfinite(s.get("mean", float("nan"))):
+def cell(s: dict[str, float] | None, metric: str = "acc") -> str:
+    """``mean ± std (ci_low–ci_high)`` in percent; CI only with 2+ seeds, clipped to the metric's range."""
+    if not s or s.get("n", 0) == 0 or not _finite(s.get("mean")):
         return "-"
     if s["n"] == 1:
         return f"{pct(s['mean'])} (1 seed)"
-    return f"{pct(s['mean'])} ± {pct(s['std'])} ({pct(s['ci_low'])}–{pct(s['ci_high'])})"
+    lo, hi = results.clip_interval(s, metric)
+    return f"{pct(s['mean'])} ± {pct(s['std'])} ({pct(lo)}–{pct(hi)})"
 
 
 def mean_std_text(values: list[float], scale: float = 100.0, digits: int = 2, signed: bool = False) -> str:
@@ -286,8 +289,7 @@ def _rate(s: dict[str, float] | None) -> str:
 def _params(s: dict[str, float] | None) -> str:
     if not s or not math.isfinite(s.get("mean", float("nan"))):
         return "-"
-    p = s["mean"]
-    return f"{p / 1e6:.2f}M" if p >= 1e5 else f"{p / 1e3:.1f}k"
+    return format_count(s["mean"])
 
 
 # --- significance -------------------------------------------------------------------------------
@@ -300,10 +302,11 @@ def comparable_groups(infos: list[RowInfo]) -> list[list[RowInfo]]:
 
 
 def best_marks(group: list[RowInfo], n_boot: int | None) -> dict[tuple[int, str], str]:
-    """Per (row index, column): ★ best; † below the best, intervals apart; ‡ below, bootstrap only."""
+    """Per (row index, column): ★ best; † below the best, called and intervals apart; ‡ called though
+    the intervals overlap. Calls are Holm-corrected over every pair of ``group`` in that column."""
     marks: dict[tuple[int, str], str] = {}
     for col in COLUMNS:
-        have = [r for r in group if col in r.row.cells and math.isfinite(r.row.cells[col]["mean"])]
+        have = [r for r in group if col in r.row.cells and _finite(r.row.cells[col]["mean"])]
         if len(have) < 2:
             continue
         best = max(have, key=lambda r: (r.row.cells[col]["mean"], -r.index))
@@ -311,23 +314,88 @@ def best_marks(group: list[RowInfo], n_boot: int | None) -> dict[tuple[int, str]
         for r in have:
             if r is best:
                 continue
-            v = verdict(r, best, col, n_boot)
+            v = verdict(r, best, col, n_boot, have)
             if v.sign < 0:
-                marks[(r.index, col)] = "†" if v.by == "ci" else "‡"
+                marks[(r.index, col)] = "†" if v.apart else "‡"
     return marks
 
 
-_VERDICTS: dict[tuple[int, int, str], sig.Verdict] = {}
+def _finite(x: Any) -> bool:
+    return x is not None and math.isfinite(x)
 
 
-def verdict(a: RowInfo, b: RowInfo, col: str, n_boot: int | None) -> sig.Verdict:
-    key = (id(a), id(b), col)
-    if key not in _VERDICTS:
-        paired = a.ids is not None and a.ids == b.ids
-        _VERDICTS[key] = sig.compare(a.row.cells[col], b.row.cells[col],
-                                     a.scores.get(col) if paired else None, b.scores.get(col) if paired else None,
-                                     a.labels if paired else None, a.row.primary, n_boot=n_boot)
-    return _VERDICTS[key]
+_FAMILIES: dict[tuple[tuple[int, ...], str], dict[tuple[int, int], sig.Verdict]] = {}
+
+
+def family(rows: list[RowInfo], col: str, n_boot: int | None) -> dict[tuple[int, int], sig.Verdict]:
+    """Holm-corrected verdicts of every pair of ``rows`` (one table's rows that have ``col``)."""
+    key = (tuple(id(r) for r in rows), col)
+    if key not in _FAMILIES:
+        items = {r.index: (r.row.cells[col], r.scores.get(col), r.ids) for r in rows}
+        labels = next((r.labels for r in rows if r.labels is not None), None)
+        _FAMILIES[key] = sig.compare_family(items, labels, rows[0].row.primary, n_boot)
+    return _FAMILIES[key]
+
+
+def verdict(a: RowInfo, b: RowInfo, col: str, n_boot: int | None, rows: list[RowInfo]) -> sig.Verdict:
+    """Row ``a`` against row ``b`` within the family ``rows`` (which holds both)."""
+    return family(rows, col, n_boot)[(a.index, b.index)]
+
+
+def chance_levels(group: list[RowInfo]) -> dict[str, float | None]:
+    """Per column, the chance level of the group's primary metric on its test split."""
+    primary = group[0].row.primary
+    labels = next((r.labels for r in group if r.labels is not None), None)
+    classes = next((int(float(r.params[k])) for r in group for k in ("num_classes", "data.classes")
+                    if _is_number(r.params.get(k))), None)
+    level = results.chance_level(primary, labels=labels, num_classes=classes)
+    return {c: level for c in COLUMNS}
+
+
+def _param_value(v: str) -> Any:
+    """An MLflow param string back to what ``--set`` accepts (lists were logged as JSON)."""
+    if v.startswith(("[", "{")):
+        try:
+            return json.loads(v)
+        except json.JSONDecodeError:
+            return v
+    return v
+
+
+def canonical_key(r: RowInfo) -> str | None:
+    """A key equal for rows that build the same model and train and test it the same way: the
+    strategy's ``canonical_config`` of the row's config, with the recipe, data, cache and protocol.
+    None when the strategy cannot be loaded (its config cannot be read back then)."""
+    import dataclasses
+
+    from avbench import config as cfgmod
+    from avbench import registry
+
+    target = r.params.get("strategy_target") or r.row.strategy
+    try:
+        cls = registry.load_strategy(target)
+        raw = {k[len("model."):]: _param_value(v) for k, v in r.params.items() if k.startswith("model.")}
+        cfg = cls.canonical_config(cfgmod.apply_overrides(cls.Config(), raw, where=f"row {r.short}"))
+    except Exception:  # a plugin that is gone, or params from an older config: never merge those
+        return None
+    rest = {k: v for k, v in r.params.items() if k.startswith(("train.", "data."))}
+    return json.dumps([cls.name, dataclasses.asdict(cfg), rest, r.cache_key, r.row.protocol,
+                       r.params.get("train_modality", ""), r.row.primary], sort_keys=True, default=str)
+
+
+def merge_identical(infos: list[RowInfo]) -> dict[int, RowInfo]:
+    """Rows with equal ``canonical_key``: the one with most seeds (then the lowest number) is shown,
+    the others map to it."""
+    groups: dict[str, list[RowInfo]] = {}
+    for r in infos:
+        key = canonical_key(r)
+        if key is not None:
+            groups.setdefault(key, []).append(r)
+    merged: dict[int, RowInfo] = {}
+    for rows in groups.values():
+        keep = min(rows, key=lambda r: (-len(r.seeds), r.index))
+        merged.update({r.index: keep for r in rows if r is not keep})
+    return merged
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -349,14 +417,29 @@ class _Builder:
         self.blocks: list[Block] = []
         self.missing: list[str] = []
         self.figures: list[Path] = []
+        self.merged = merge_identical(infos)  # dropped row index -> the row shown for it
+        self.chance = {id(g[0]): chance_levels(g) for g in comparable_groups(infos)}
+
+    def shown(self, rows: list[RowInfo]) -> list[RowInfo]:
+        """``rows`` without those merged into an identical row."""
+        return [r for r in rows if r.index not in self.merged]
+
+    def chance_of(self, r: RowInfo) -> dict[str, float | None]:
+        for g in comparable_groups(self.infos):
+            if r in g:
+                return self.chance[id(g[0])]
+        return {}
 
     def add(self, *blocks: Block) -> None:
         self.blocks.extend(blocks)
 
     def figure(self, name: str, caption: str, draw) -> None:
+        """Draw once per format: PNG (shown, inlined in the HTML) and PDF/SVG beside it for papers."""
         path = self.out / "figures" / f"{name}.png"
         if draw(path) is not None:
             self.figures.append(path)
+            for ext in plots.VECTOR_FORMATS:
+                draw(path.with_suffix(f".{ext}"))
             self.add(Figure(f"figures/{name}.png", caption))
 
     # --- sections ---
@@ -374,8 +457,8 @@ class _Builder:
                 f"`{k}` ({', '.join(v)})" for k, v in varying) + "."))
 
     def comparison(self) -> None:
-        main = [r for r in self.infos if not r.from_sweep]
-        swept = [r for r in self.infos if r.from_sweep]
+        main = self.shown([r for r in self.infos if not r.from_sweep])
+        swept = self.shown([r for r in self.infos if r.from_sweep])
         self.add(Heading(2, "Comparison"))
         self.add(Para("Primary metric of each row in % on the test split: mean ± std over seeds, then the 95% "
                       "t-interval of the mean over seeds in parentheses. Parameters and throughput (clips/s, "
@@ -387,16 +470,56 @@ class _Builder:
             self.add(Para("Rows created by `avbench sweep` (plotted in [Sweeps](#sweeps))."))
             self._table(swept, "")
         self.add(Heading(3, "How differences are called"))
+        self.add(Para("Multiple comparisons are controlled: within one table column (rows on the same test split, "
+                      "protocol and metric), every pair of rows gets a p-value, from a seed-matched paired bootstrap "
+                      "over test clips where both rows have per-clip predictions of shared seeds (2000 resamples for "
+                      "accuracy, 200 otherwise; two-sided, from the bootstrap standard error), else from Welch's "
+                      "t-test over seeds. Holm's step-down method adjusts the p-values of all pairs of that table "
+                      "column, and a difference is called only when its adjusted p-value is below 0.05, so the "
+                      "chance of calling any difference that is not there is at most 5% per table column."))
         self.add(Para("In the tables: ★ is the column's best row among rows on the same test split and protocol; "
-                      "† marks a row below the best whose 95% interval over seeds does not overlap the best's; "
-                      "‡ marks a row below the best where the intervals overlap but a seed-matched paired bootstrap "
-                      "over test clips (2000 resamples for accuracy, 200 otherwise) puts the 95% interval of the "
-                      "difference below zero. No mark: no difference from the best is called. In the pairwise "
-                      "matrices below, the cell in row i, column j compares row i with row j:"))
+                      "† marks a row called below the best whose 95% interval over seeds does not overlap the "
+                      "best's; ‡ marks a row called below the best although the intervals overlap. No mark: no "
+                      "difference from the best is called. ° marks a cell not above chance (see below). In the "
+                      "pairwise matrices below, the cell in row i, column j compares row i with row j:"))
         self.add(Bullets([f"`{m}`: {t}" for m, t in sig.LEGEND]))
-        self.add(Para("Comparisons are not corrected for multiplicity."))
+        self.chance_section()
+        if self.merged:
+            self.add(Para("Rows whose resolved configurations are identical (same model after the strategy "
+                          "resolves its defaults, same recipe, data, cache and protocol) are shown once:"))
+            by_index = {r.index: r for r in self.infos}
+            self.add(Bullets([f"{by_index[d].short} {by_index[d].label} is {k.short} {k.label}"
+                              for d, k in sorted(self.merged.items())]))
         for col in COLUMNS:
             self._pairwise(main, col)
+
+    def chance_section(self) -> None:
+        """The chance level of each table and every cell that is not above it, said in words."""
+        self.add(Heading(3, "Chance level"))
+        lines, flagged = [], []
+        for g in comparable_groups(self.shown(self.infos)):
+            ch = self.chance_of(g[0])
+            have = {c: v for c, v in ch.items() if v is not None}
+            if not have:
+                lines.append(f"{g[0].row.primary}, {g[0].row.protocol}: unknown (no per-clip predictions and no "
+                             f"class count recorded)")
+                continue
+            lines.append(f"{g[0].row.primary} ({g[0].row.protocol}): " + ", ".join(
+                f"{TITLES[c]} {pct(v)}%" for c, v in have.items()))
+            for r in g:
+                cols = [TITLES[c] for c in COLUMNS if results.not_above_chance(r.row.cells.get(c) or {}, have.get(c))]
+                if cols:
+                    flagged.append(f"{r.short} {r.label}: {', '.join(cols)}")
+        self.add(Para("What a classifier that knows nothing scores on the test split: for accuracy, always "
+                      "predicting the most frequent test class (1/C with balanced classes); for mAP, the mean "
+                      "class prevalence; 0.5 for mAUC. It is the dotted line in the figures. A cell is marked ° "
+                      "when it is not shown to be above chance: the lower end of its 95% interval over seeds "
+                      "(its value, with one seed) is at or below the chance level."))
+        self.add(Bullets(lines))
+        if flagged:
+            self.add(Para("**Not above chance** (these rows learned nothing the test can see, in these columns):"))
+            self.add(Bullets(flagged))
+            self.missing += [f"not above chance: {f}" for f in flagged]
 
     def _table(self, rows: list[RowInfo], _title: str) -> None:
         if not rows:
@@ -408,7 +531,10 @@ class _Builder:
         body = []
         for r in rows:
             t = r.row
-            cells = [cell(t.cells.get(c)) + marks.get((r.index, c), "") for c in COLUMNS]
+            chance = self.chance_of(r)
+            cells = [cell(t.cells.get(c), t.primary) + marks.get((r.index, c), "")
+                     + ("°" if results.not_above_chance(t.cells.get(c) or {}, chance.get(c)) else "")
+                     for c in COLUMNS]
             body.append([r.short, t.name, config_label(t, [x.row for x in self.infos]) or "default",
                          t.protocol, t.primary, len(r.seeds)] + cells
                         + [_params(t.extra.get("parameters")), _rate(t.extra.get("train_clips_per_s")),
@@ -418,20 +544,20 @@ class _Builder:
 
     def _pairwise(self, rows: list[RowInfo], col: str) -> None:
         for g in comparable_groups(rows):
-            have = [r for r in g if col in r.row.cells]
+            have = [r for r in g if col in r.row.cells and _finite(r.row.cells[col]["mean"])]
             if len(have) < 2:
                 continue
             body = []
             for a in have:
                 line = [f"{a.short} {a.label}"]
                 for b in have:
-                    line.append("" if a is b else sig.pretty(verdict(a, b, col, self.n_boot).mark))
+                    line.append("" if a is b else sig.pretty(verdict(a, b, col, self.n_boot, have).mark))
                 body.append(line)
             proto = g[0].row.protocol
             suffix = f" ({proto})" if proto != "standard" else ""
             self.add(Heading(4, f"Pairwise: {TITLES[col]} {g[0].row.primary}{suffix}"))
             self.add(Table(["row vs column"] + [r.short for r in have], body))
-            if any(sig.pretty(verdict(a, b, col, self.n_boot).mark) == "n/a" for a in have for b in have if a is not b):
+            if any(verdict(a, b, col, self.n_boot, have).mark == "n/a" for a in have for b in have if a is not b):
                 self.missing.append(f"some {TITLES[col]} comparisons are n/a: rows with fewer than 2 seeds and no "
                                     f"shared seed with per-clip predictions")
 
@@ -459,7 +585,7 @@ class _Builder:
                                            if not _derived(o, x_key, members, name))
                 lines.setdefault(key, []).append(r)
 
-            def xval(r: RowInfo) -> Any:
+            def xval(r: RowInfo, name: str = name, x_key: str = x_key, numeric: bool = numeric) -> Any:
                 v = r.sweeps[name]["point"].get(x_key, "")
                 return float(v) if numeric else v
 
@@ -477,21 +603,22 @@ class _Builder:
                 if series:
                     groups.append((TITLES[col], series))
             primary = members[0].row.primary
+            chance = self.chance_of(members[0]).get("fusion")
             if groups:
                 self.figure(f"sweep_{_slug(name)}",
-                            f"Sweep {name}: {primary} (%) against {x_key}, mean ± std over seeds (shaded)",
-                            lambda p: plots.panels(groups, p, xlabel=x_key, ylabel=f"{primary} (%)",
-                                                   categorical=not numeric, percent=True, log_x=log_x))
+                            f"Sweep {name}: {primary} (%) against {x_key}, mean ± std over seeds; dotted: chance",
+                            functools.partial(plots.panels, groups, xlabel=x_key, ylabel=f"{primary} (%)",
+                                              categorical=not numeric, percent=True, log_x=log_x, hline=chance))
             agroups = self._sweep_analysis_groups(lines, xval, numeric)
             if agroups:
                 self.figure(f"sweep_{_slug(name)}_analyses",
                             f"Sweep {name}: last-layer analyses against {x_key} (UAVM Figs. 3A, 4 left and 5 left)",
-                            lambda p: plots.panels(agroups, p, xlabel=x_key, ylabel="%", categorical=not numeric,
-                                                   percent=True, log_x=log_x))
+                            functools.partial(plots.panels, agroups, xlabel=x_key, ylabel="%",
+                                              categorical=not numeric, percent=True, log_x=log_x))
             body = []
             for r in sorted(members, key=lambda r: (r.row.name, str(sorted(r.sweeps[name]["point"].items())))):
                 body.append([r.short, r.row.name, ", ".join(f"{k}={v}" for k, v in r.sweeps[name]["point"].items()),
-                             len(r.seeds)] + [cell(r.row.cells.get(c)) for c in COLUMNS])
+                             len(r.seeds)] + [cell(r.row.cells.get(c), r.row.primary) for c in COLUMNS])
             self.add(Table(["#", "strategy", "point", "seeds", "Audio", "Video", "Fusion"], body))
 
     def _sweep_analysis_groups(self, lines: dict[str, list[RowInfo]], xval, numeric: bool) -> list:
@@ -549,13 +676,14 @@ class _Builder:
         self.add(Para(text))
         groups = []
         for mtitle, key in metrics:
-            series = []
+            by_kind: dict[str, list[plots.Series]] = {}  # layers of different kinds get their own axes
             for r in rows:
                 layers, mean, std = _layer_stats(r.analyses[what], key)
                 if layers:
-                    series.append(plots.Series(f"{r.short} {r.label}", layers, mean, std))
-            if series:
-                groups.append((mtitle, series))
+                    by_kind.setdefault(_layer_kind(layers), []).append(
+                        plots.Series(f"{r.short} {r.label}", layers, mean, std))
+            for kind, series in sorted(by_kind.items()):
+                groups.append((mtitle + (f"\n({kind})" if len(by_kind) > 1 else ""), series))
         self.figure(f"{what}_per_layer", title + ", mean ± std over seeds",
                     lambda p: plots.panels(groups, p, xlabel="layer", ylabel=ylabel, categorical=True, percent=percent))
         body = []
@@ -689,7 +817,7 @@ class _Builder:
 
     def efficiency(self) -> None:
         self.add(Heading(2, "Accuracy against cost"))
-        rows = [r for r in self.infos if not r.from_sweep and "fusion" in r.row.cells]
+        rows = self.shown([r for r in self.infos if not r.from_sweep and "fusion" in r.row.cells])
         if not rows:
             self.add(Para("No row with a fused column."))
             return
@@ -703,7 +831,8 @@ class _Builder:
             if pts:
                 self.figure(f"cost_{key}", f"Fused {primary} against {name} (main rows; labels are row numbers)",
                             lambda p, pts=pts, name=name, log_x=log_x: plots.scatter(
-                                pts, p, xlabel=name, ylabel=f"fused {primary} (%)", log_x=log_x))
+                                pts, p, xlabel=name, ylabel=f"fused {primary} (%)", log_x=log_x,
+                                hline=self.chance_of(rows[0]).get("fusion")))
 
     def missing_section(self) -> None:
         from avbench import registry
@@ -751,6 +880,12 @@ def _derived(key: str, x_key: str, members: list[RowInfo], name: str) -> bool:
     return True
 
 
+def _layer_kind(layers: list[str]) -> str:
+    """``layer0..layer5, logits`` -> "layer/logits": rows whose layers differ in kind are not drawn on
+    one categorical axis (a quantized code is not "layer 1")."""
+    return "/".join(sorted({re.sub(r"[0-9]+$", "", str(x)) or str(x) for x in layers}))
+
+
 def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-]+", "_", s)
 
@@ -760,14 +895,20 @@ def _last(res: dict[str, Any], skip: tuple[str, ...] = ()) -> dict[str, Any]:
     return res["per_layer"][layers[-1]] if layers else {}
 
 
+def _get(d: dict[str, Any], key: str) -> Any:
+    """``d[key]`` under MLflow's spelling (``a2v_R_at1``) or the older ``a2v_R@1``; None when absent."""
+    v = d.get(results.metric_name(key))
+    return d.get(key) if v is None else v
+
+
 def _last_layer(res: dict[str, Any], key: str, skip: tuple[str, ...] = ()) -> float | None:
-    v = _last(res, skip).get(key)
+    v = _get(_last(res, skip), key)
     return float(v) if v is not None else None
 
 
 def _layer_stats(results: list[dict[str, Any]], key: str) -> tuple[list[str], list[float], list[float] | None]:
     layers = [k for k in results[0].get("layers", []) if all(k in r.get("per_layer", {}) for r in results)]
-    vals = np.asarray([[r["per_layer"][k].get(key, np.nan) if r["per_layer"][k].get(key) is not None else np.nan
+    vals = np.asarray([[np.nan if _get(r["per_layer"][k], key) is None else _get(r["per_layer"][k], key)
                         for k in layers] for r in results], dtype=float)
     if not layers:
         return [], [], None
@@ -783,7 +924,7 @@ def build_report(tracker: Any, dataset: str, out: str | Path, *, n_boot: int | N
     if not infos:
         raise UserError(f"no finished runs for dataset '{dataset}' in {tracker.uri} "
                         f"(run 'avbench run --dataset {dataset} ...' first)")
-    _VERDICTS.clear()
+    _FAMILIES.clear()
     figs = out / "figures"
     if figs.exists():
         shutil.rmtree(figs)
@@ -814,5 +955,13 @@ def build_report(tracker: Any, dataset: str, out: str | Path, *, n_boot: int | N
         {"index": r.index, "strategy": r.row.strategy, "label": r.label, "group": r.group, "protocol": r.row.protocol,
          "seeds": r.seeds, "primary": r.row.primary, "from_sweep": r.from_sweep,
          "cells": {c: r.row.cells[c] for c in r.row.cells}, "analyses": r.analysis_state} for r in infos],
-        "missing": list(dict.fromkeys(b.missing)), "figures": [str(p.relative_to(out)) for p in b.figures]}
+        "missing": list(dict.fromkeys(b.missing)), "figures": [str(p.relative_to(out)) for p in b.figures],
+        "merged": {str(k): v.index for k, v in b.merged.items()}}
+    for row in summary["rows"]:
+        info = next(r for r in infos if r.index == row["index"])
+        row["chance"] = b.chance_of(info)
+        row["not_above_chance"] = [c for c in COLUMNS if results.not_above_chance(info.row.cells.get(c) or {},
+                                                                                  row["chance"].get(c))]
+    summary = results.finalize("report", summary)  # the results contract; written as report.json
+    results.write(out / "report.json", summary)
     return ReportResult(md, page, b.figures, summary["missing"], summary)

@@ -13,7 +13,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-DPI = 100
+DPI = 200  # PNG: sharp when a figure is scaled to a paper's column width (3.3 in)
+VECTOR_FORMATS = ("pdf", "svg")  # the report writes these beside every PNG
+# No timestamps or software tags, so the same data gives the same bytes in every format.
+_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None, "Creator": None},
+             "svg": {"Date": None, "Creator": None}}
 _TAB20 = ["#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#d62728", "#ff9896", "#9467bd",
           "#c5b0d5", "#8c564b", "#c49c94", "#e377c2", "#f7b6d2", "#7f7f7f", "#c7c7c7", "#bcbd22", "#dbdb8d",
           "#17becf", "#9edae5"]  # matplotlib's tab20
@@ -36,9 +40,17 @@ def save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI, metadata={"Software": None}, bbox_inches="tight")
+    _savefig(fig, path, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def _savefig(fig: Any, path: Path, **kw: Any) -> None:
+    import matplotlib
+
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    with matplotlib.rc_context({"svg.hashsalt": "avbench", "pdf.fonttype": 42, "svg.fonttype": "none"}):
+        fig.savefig(path, dpi=DPI, metadata=_METADATA.get(fmt, {}), **kw)
 
 
 @dataclass
@@ -53,17 +65,39 @@ class Series:
 
 
 def lines(series: list[Series], path: str | Path, *, title: str = "", xlabel: str = "", ylabel: str = "",
-          categorical: bool = False, percent: bool = False, log_x: bool = False, ax_title: str = "") -> Path:
+          categorical: bool = False, percent: bool = False, log_x: bool = False, ax_title: str = "",
+          hline: float | None = None, hline_label: str = "chance") -> Path:
     """Lines with std bands; ``categorical`` x (layer names) share positions in first-seen order."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    fig, ax = plt.subplots(figsize=(PANEL_W + 0.4, PANEL_H))
     _draw_lines(ax, series, categorical=categorical, percent=percent, log_x=log_x)
+    _chance(ax, hline, percent, hline_label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(ax_title or title)
     if len(series) > 1 or (series and series[0].label):
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        _legend_below(fig, *ax.get_legend_handles_labels())
     return save(fig, path)
+
+
+PANEL_W, PANEL_H = 2.6, 2.3  # inches: three panels fit a two-column paper's text width
+MARKERS = "osD^vP*Xph<>"
+BAND_MAX = 3  # more series than this: error bars with a small dodge instead of overlapping bands
+
+
+def _chance(ax: Any, level: float | None, percent: bool, label: str = "chance") -> None:
+    if level is None or not np.isfinite(level):
+        return
+    ax.axhline(level * (100.0 if percent else 1.0), color="0.35", ls=":", lw=1.0, label=label, zorder=1)
+
+
+def _legend_below(fig: Any, handles: list[Any], labels: list[str]) -> None:
+    """A compact legend under the axes: never over a line, never taking the plot's width."""
+    if not handles:
+        return
+    ncol = 1 if max(len(x) for x in labels) > 38 else 2 if max(len(x) for x in labels) > 18 else 3
+    fig.legend(handles, labels, fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol,
+               frameon=False, handlelength=2.2, columnspacing=1.0)
 
 
 def _draw_lines(ax: Any, series: list[Series], *, categorical: bool, percent: bool, log_x: bool) -> None:
@@ -75,18 +109,31 @@ def _draw_lines(ax: Any, series: list[Series], *, categorical: bool, percent: bo
                     order.append(x)
     scale = 100.0 if percent else 1.0
     many = len(series) > 10  # past the default cycle: 20 distinct colours, alternating dashes
+    bands = len(series) <= BAND_MAX
     for i, s in enumerate(series):
-        xs = np.array([order.index(x) for x in s.x]) if categorical else np.asarray(s.x, dtype=float)
+        xs = np.array([order.index(x) for x in s.x], dtype=float) if categorical else np.asarray(s.x, dtype=float)
+        if categorical and len(series) > 1:  # dodge, so equal values do not hide each other
+            xs = xs + min(0.08, 0.3 / len(series)) * (i - (len(series) - 1) / 2)
         m = np.asarray(s.mean, dtype=float) * scale
         style = {"color": _TAB20[(2 * i) % 20 + (i // 10) % 2], "ls": "-" if i % 2 == 0 else "--"} if many else {}
-        ax.plot(xs, m, marker="o", markersize=3, label=s.label, **{**style, **s.style})
+        ax.plot(xs, m, marker=MARKERS[i % len(MARKERS)], markersize=3.5, lw=1.2, label=s.label,
+                **{**style, **s.style})
         if s.std is not None:
             sd = np.nan_to_num(np.asarray(s.std, dtype=float)) * scale
             if np.any(sd > 0):
-                ax.fill_between(xs, m - sd, m + sd, alpha=0.2, color=ax.lines[-1].get_color())
+                lo, hi = m - sd, m + sd
+                if percent:  # a percentage cannot leave [0, 100]
+                    lo, hi = np.clip(lo, 0.0, 100.0), np.clip(hi, 0.0, 100.0)
+                color = ax.lines[-1].get_color()
+                if bands:
+                    ax.fill_between(xs, lo, hi, alpha=0.15, color=color, lw=0)
+                else:
+                    ax.errorbar(xs, m, yerr=[m - lo, hi - m], fmt="none", ecolor=color, elinewidth=0.8,
+                                capsize=1.5, alpha=0.8)
     if categorical:
         ax.set_xticks(range(len(order)))
-        ax.set_xticklabels([str(o) for o in order], rotation=45 if len(order) > 6 else 0, fontsize=7)
+        ax.set_xticklabels([str(o) for o in order], rotation=45 if len(order) > 4 else 0, fontsize=7,
+                           ha="right" if len(order) > 4 else "center")
     if log_x:
         ax.set_xscale("log", base=2)
         ticks = sorted({float(x) for s in series for x in s.x})
@@ -96,32 +143,43 @@ def _draw_lines(ax: Any, series: list[Series], *, categorical: bool, percent: bo
 
 
 def panels(groups: list[tuple], path: str | Path, *, xlabel: str = "", ylabel: str = "",
-           categorical: bool = False, percent: bool = False, log_x: bool = False, title: str = "") -> Path:
-    """Several line plots side by side (e.g. Audio / Video / Fusion, or one per perturbation).
+           categorical: bool = False, percent: bool = False, log_x: bool = False, title: str = "",
+           hline: float | None = None, hline_label: str = "chance") -> Path:
+    """Several line plots (e.g. Audio / Video / Fusion, or one per perturbation), three per row.
 
     A group is ``(title, series)`` or ``(title, series, percent)`` to override ``percent`` for that
-    panel (a panel then labels its own y axis when it differs from the first)."""
+    panel (a panel then labels its own y axis when it differs from the first). ``hline``: a chance
+    level (a fraction when ``percent``) drawn as a dotted line in the panels of the main unit. One
+    compact legend sits under all panels."""
     plt = _plt()
     n = max(1, len(groups))
-    fig, axes = plt.subplots(1, n, figsize=(3.4 * n + 0.6, 3.4), squeeze=False)
-    for ax, group in zip(axes[0], groups):
+    ncols = min(n, 3)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(PANEL_W * ncols + 0.4, PANEL_H * nrows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    for ax, group in zip(flat, groups):
         name, series = group[0], group[1]
         pct = group[2] if len(group) > 2 else percent
         _draw_lines(ax, series, categorical=categorical, percent=pct, log_x=log_x)
-        ax.set_title(name)
+        if pct == percent:
+            _chance(ax, hline, pct, hline_label)
+        ax.set_title(name, fontsize=8)
         ax.set_xlabel(xlabel)
         if pct != percent:
             ax.set_ylabel("%" if pct else "value")
-    axes[0][0].set_ylabel(ylabel)
+    for row in axes:
+        row[0].set_ylabel(ylabel)
     seen: dict[str, Any] = {}
-    for ax in axes[0]:  # one legend for all panels, outside them, so no line is hidden
+    for ax in flat[:n]:  # one legend for all panels, outside them, so no line is hidden
         for h, lab in zip(*ax.get_legend_handles_labels()):
             if lab and not lab.startswith("_"):
                 seen.setdefault(lab, h)
     if seen:
-        fig.legend(list(seen.values()), list(seen), fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 0.95))
+        _legend_below(fig, list(seen.values()), list(seen))
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=9)
     return save(fig, path)
 
 
@@ -135,9 +193,12 @@ class Point:
 
 
 def scatter(points: list[Point], path: str | Path, *, xlabel: str, ylabel: str, title: str = "",
-            log_x: bool = False, percent: bool = True) -> Path:
+            log_x: bool = False, percent: bool = True, hline: float | None = None) -> Path:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    fig, ax = plt.subplots(figsize=(PANEL_W + 0.9, PANEL_H + 0.3))
+    _chance(ax, hline, percent)
+    if hline is not None:
+        ax.legend(fontsize=6.5, loc="best", frameon=False)
     scale = 100.0 if percent else 1.0
     for p in points:
         ax.errorbar([p.x], [p.y * scale], xerr=[p.xerr] if p.xerr else None, yerr=[p.yerr * scale] if p.yerr else None,
@@ -192,7 +253,7 @@ def attention_heatmap(heat: dict[str, Any], path: str | Path, title: str = "") -
     fig.suptitle(title or f"{heat.get('layer', '')} attention, clip {heat.get('clip_id', '')}", fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, metadata={"Software": None})
+    _savefig(fig, path)
     plt.close(fig)
     return path
 
@@ -223,7 +284,10 @@ def analysis_figure(what: str, result: dict[str, Any] | None, title: str, path: 
         return True
     if what == "retrieval" and result.get("layers"):
         layers = result["layers"]
-        groups = [(f"{d} R@{r}", [Series("", layers, [per_layer[k][f"{d}_R@{r}"] for k in layers])])
+        def recall(layer: str, key: str) -> float:  # MLflow's spelling, or the older R@k
+            return per_layer[layer].get(key.replace("@", "_at"), per_layer[layer].get(key))
+
+        groups = [(f"{d} R@{r}", [Series("", layers, [recall(k, f"{d}_R@{r}") for k in layers])])
                   for d in ("a2v", "v2a") for r in (1, 5)]
         panels(groups, path, categorical=True, percent=True, ylabel="recall (%)", title=title)
         return True

@@ -7,19 +7,27 @@ bootstrap over test clips, seed-matched. For every resample of the test clips (t
 both systems and every seed) the metric difference is averaged over the seeds both systems share;
 the difference is called when the central 95% of those resampled differences excludes zero.
 
-A difference is *called* when either test says so; the mark records which one did. Comparisons are
-uncorrected for multiplicity: with many rows, some bootstrap-only calls are expected by chance.
+Multiple comparisons: a table of k rows makes k(k-1)/2 comparisons per column, so uncorrected
+tests would call some differences by chance alone. Every pair of one table's column (a *family*) gets
+a p-value: the seed-matched paired bootstrap's where both rows have per-clip predictions of shared
+seeds (two-sided, from the bootstrap standard error, so its resolution does not depend on the
+number of resamples), else Welch's t-test over the seeds (2+ seeds a side). Holm's step-down method
+adjusts the family's p-values, and a difference is *called* only when the adjusted p-value is below
+0.05: the family-wise error rate (the chance of calling any difference that is not there) is at
+most 5% per table column. The mark also says whether the two rows' 95% seed intervals overlap
+(the UAVM reviewers' criterion): ≫ called and apart, > called though the intervals overlap.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 LEVEL = 0.95
+ALPHA = 0.05  # family-wise error rate per table column (Holm)
 
 
 def ci_overlap(a: Mapping[str, float], b: Mapping[str, float]) -> bool | None:
@@ -100,9 +108,47 @@ def paired_bootstrap(a: Mapping[int, np.ndarray], b: Mapping[int, np.ndarray], l
             idx = rng.integers(0, n, size=n)
             boots[i] = np.mean([f(a[s][idx], labels[idx]) - f(b[s][idx], labels[idx]) for s in seeds])
     lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
-    p = min(1.0, 2 * min((np.sum(boots <= 0) + 1) / (n_boot + 1), (np.sum(boots >= 0) + 1) / (n_boot + 1)))
+    p = _normal_p(observed, float(np.std(boots, ddof=1)))
     return {"diff": observed, "ci_low": float(lo), "ci_high": float(hi), "p": float(p), "seeds": seeds,
             "n_boot": int(n_boot), "significant": bool(lo > 0 or hi < 0)}
+
+
+def _normal_p(diff: float, se: float) -> float:
+    """Two-sided p-value of ``diff`` against 0 with standard error ``se`` (normal approximation)."""
+    from scipy.stats import norm
+
+    if not math.isfinite(diff) or not math.isfinite(se):
+        return float("nan")
+    if se <= 0:
+        return 1.0 if diff == 0 else 0.0
+    return float(min(1.0, 2 * norm.sf(abs(diff) / se)))
+
+
+def welch_p(a: Mapping[str, float], b: Mapping[str, float]) -> float | None:
+    """Welch's t-test p-value from two ``mean_std_ci`` summaries; None with fewer than 2 seeds a side."""
+    from scipy.stats import ttest_ind_from_stats
+
+    if a.get("n", 0) < 2 or b.get("n", 0) < 2:
+        return None
+    if a["std"] == 0 and b["std"] == 0:  # no spread over seeds: the difference is exactly what it is
+        return 1.0 if a["mean"] == b["mean"] else 0.0
+    return float(ttest_ind_from_stats(a["mean"], a["std"], a["n"], b["mean"], b["std"], b["n"], equal_var=False).pvalue)
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values (None entries are left out of the family and stay None).
+
+    Sorted ascending, the i-th of m p-values (0-based) becomes max over j <= i of (m - j) * p_(j),
+    capped at 1; rejecting where the adjusted p-value is below alpha controls the family-wise error
+    rate at alpha under any dependence between the tests (Holm 1979)."""
+    idx = [i for i, p in enumerate(pvalues) if p is not None and math.isfinite(p)]
+    m = len(idx)
+    out: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda i: pvalues[i])):
+        running = max(running, min(1.0, (m - rank) * float(pvalues[i])))
+        out[i] = running
+    return out
 
 
 @dataclass
@@ -110,9 +156,12 @@ class Verdict:
     """How row A compares with row B on one column."""
 
     sign: int  # +1 A higher, -1 A lower, 0 not called
-    by: str  # "ci", "bootstrap", "" (not called) or "n/a" (no test possible)
+    by: str  # "bootstrap" or "t-test" (the test behind the p-value), "" (no p-value) or "n/a"
     diff: float  # mean(A) - mean(B)
     boot: dict[str, float] | None = None
+    p: float | None = None  # the pair's own p-value
+    p_adj: float | None = None  # Holm-adjusted over the family
+    apart: bool | None = None  # the two 95% seed intervals do not overlap (None: undefined)
 
     @property
     def mark(self) -> str:
@@ -121,34 +170,67 @@ class Verdict:
         if self.sign == 0:
             return "="
         sym = ">" if self.sign > 0 else "<"
-        return sym * 2 if self.by == "ci" else sym
+        return sym * 2 if self.apart else sym
+
+
+def pair_test(stats_a: Mapping[str, float], stats_b: Mapping[str, float],
+              scores_a: Mapping[int, np.ndarray] | None = None, scores_b: Mapping[int, np.ndarray] | None = None,
+              labels: np.ndarray | None = None, primary: str = "acc",
+              n_boot: int | None = None) -> tuple[float | None, str, dict[str, float] | None]:
+    """(p-value, test, bootstrap result) of one pair: the paired bootstrap where possible, else Welch."""
+    boot = None
+    if scores_a and scores_b and labels is not None:
+        boot = paired_bootstrap(scores_a, scores_b, labels, primary, n_boot=n_boot)
+    if boot is not None:
+        return boot["p"], "bootstrap", boot
+    p = welch_p(stats_a, stats_b)
+    return (p, "t-test", None) if p is not None else (None, "n/a", None)
+
+
+def compare_family(items: Mapping[Any, tuple[Mapping[str, float], Mapping[int, np.ndarray] | None, Any]],
+                   labels: np.ndarray | None = None, primary: str = "acc", n_boot: int | None = None,
+                   alpha: float = ALPHA) -> dict[tuple[Any, Any], Verdict]:
+    """Every ordered pair of ``items`` (key -> (seed stats, per-clip scores or None, test-clip ids)),
+    Holm-corrected over the unordered pairs. Scores are paired only between rows with equal ids."""
+    keys = list(items)
+    pairs = [(a, b) for i, a in enumerate(keys) for b in keys[i + 1:]]
+    tests = []
+    for a, b in pairs:
+        (sa, ca, ia), (sb, cb, ib) = items[a], items[b]
+        paired = ia is not None and ia == ib
+        tests.append(pair_test(sa, sb, ca if paired else None, cb if paired else None,
+                               labels if paired else None, primary, n_boot))
+    adjusted = holm([t[0] for t in tests])
+    out: dict[tuple[Any, Any], Verdict] = {}
+    for (a, b), (p, by, boot), p_adj in zip(pairs, tests, adjusted):
+        sa, sb = items[a][0], items[b][0]
+        diff = float(sa.get("mean", float("nan")) - sb.get("mean", float("nan")))
+        overlap = ci_overlap(sa, sb)
+        apart = None if overlap is None else not overlap
+        called = p_adj is not None and p_adj < alpha
+        d = boot["diff"] if boot is not None else diff
+        sign = (1 if d > 0 else -1) if called and d != 0 else 0
+        v = Verdict(sign, by, diff, boot, p, p_adj, apart)
+        out[(a, b)] = v
+        out[(b, a)] = Verdict(-sign, by, -diff, boot, p, p_adj, apart)
+    return out
 
 
 def compare(stats_a: Mapping[str, float], stats_b: Mapping[str, float],
             scores_a: Mapping[int, np.ndarray] | None = None, scores_b: Mapping[int, np.ndarray] | None = None,
             labels: np.ndarray | None = None, primary: str = "acc", n_boot: int | None = None) -> Verdict:
-    """CI non-overlap first; else the paired bootstrap when per-clip scores of shared seeds exist."""
-    diff = float(stats_a.get("mean", float("nan")) - stats_b.get("mean", float("nan")))
-    overlap = ci_overlap(stats_a, stats_b)
-    if overlap is False:
-        return Verdict(1 if diff > 0 else -1, "ci", diff)
-    boot = None
-    if scores_a and scores_b and labels is not None:
-        boot = paired_bootstrap(scores_a, scores_b, labels, primary, n_boot=n_boot)
-    if boot is not None:
-        if boot["significant"]:
-            return Verdict(1 if boot["diff"] > 0 else -1, "bootstrap", diff, boot)
-        return Verdict(0, "", diff, boot)
-    if overlap is None:
-        return Verdict(0, "n/a", diff)
-    return Verdict(0, "", diff)
+    """One pair alone (a family of one: no correction)."""
+    ids = "paired" if scores_a and scores_b else None
+    fam = compare_family({"a": (stats_a, scores_a, ids), "b": (stats_b, scores_b, ids)}, labels, primary, n_boot)
+    return fam[("a", "b")]
 
 
 LEGEND = [
-    ("≫ / ≪", "row higher / lower than column; the two rows' 95% confidence intervals over seeds do not overlap"),
-    ("> / <", "row higher / lower; the intervals overlap (or are undefined) but a seed-matched paired bootstrap "
-              "over test clips puts the difference's 95% interval away from zero"),
-    ("=", "no difference called: intervals overlap and the paired bootstrap interval contains zero"),
+    ("≫ / ≪", "row higher / lower than column: called after Holm's correction over every pair of this table "
+              "column, and the two rows' 95% confidence intervals over seeds do not overlap"),
+    ("> / <", "row higher / lower: called after Holm's correction, though the 95% seed intervals overlap "
+              "(the seed-matched paired bootstrap over test clips is the more powerful test)"),
+    ("=", "no difference called: the Holm-adjusted p-value is 0.05 or more"),
     ("n/a", "no test possible: fewer than 2 seeds on a side and no shared seed with per-clip predictions"),
 ]
 

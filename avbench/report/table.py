@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from avbench import results
 from avbench.metrics.stats import mean_std_ci
 from avbench.tracking import TAG_KIND, Tracker, metric_name
 
@@ -72,27 +73,106 @@ def config_label(row: TableRow, rows: list[TableRow]) -> str:
     return ", ".join(f"{k}={row.config.get(k)}" for k in varying)
 
 
-def _cell(s: dict[str, float] | None) -> str:
+def format_count(n: float | None) -> str:
+    """A parameter count at any size, three significant digits: 812, 2.7k, 27.1k, 2.41M, 1.3G."""
+    if n is None or not math.isfinite(n):
+        return "-"
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def _cell(s: dict[str, float] | None, mark: str = "") -> str:
     if not s or not math.isfinite(s.get("mean", float("nan"))):
         return "-"
-    return f"{100 * s['mean']:.2f}" if s["n"] == 1 else f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}"
+    text = f"{100 * s['mean']:.2f}" if s["n"] == 1 else f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}"
+    return text + mark
 
 
-def render_table(rows: list[TableRow], fmt: str = "md") -> str:
+HEADERS = ["strategy", "config", "protocol", "metric", "Audio", "Video", "Fusion", "seeds", "params"]
+NOTES = ("mean ± std over seeds of each row's primary metric (%); 'seeds' counts finished seed runs. "
+         "★ best in its column (rows with the same protocol and metric); † / ‡ below the best, called after "
+         "Holm's correction over every pair of rows in the column († the 95% seed intervals are also apart); "
+         "° not above chance.")
+
+
+def render_table(rows: list[TableRow], fmt: str = "md", marks: dict[tuple[int, str], str] | None = None) -> str:
+    """The table as Markdown, LaTeX (booktabs) or CSV. ``marks``: (row position, column) -> marks
+    (★ best, † / ‡ called below the best, ° not above chance), from ``avbench.report.document``."""
+    marks = marks or {}
+    if fmt == "csv":
+        return _csv(rows)
+    if fmt == "latex":
+        return _latex(rows, marks)
     from tabulate import tabulate
 
-    headers = ["strategy", "config", "protocol", "metric", "Audio", "Video", "Fusion", "seeds", "params"]
     body = []
-    for r in rows:
+    for i, r in enumerate(rows):
         params = r.extra.get("parameters", {}).get("mean")
-        body.append([r.name, config_label(r, rows), r.protocol, r.primary] + [_cell(r.cells.get(c)) for c in COLUMNS]
-                    + [r.seeds, f"{params / 1e6:.2f}M" if params else "-"])
-    if fmt == "csv":
-        out = io.StringIO()
-        w = csv.writer(out)
-        w.writerow(headers)
-        w.writerows(body)
-        return out.getvalue()
-    if fmt == "latex":
-        return tabulate(body, headers=headers, tablefmt="latex_booktabs").replace("±", r"$\pm$")
-    return tabulate(body, headers=headers, tablefmt="github")
+        body.append([r.name, config_label(r, rows), r.protocol, r.primary]
+                    + [_cell(r.cells.get(c), marks.get((i, c), "")) for c in COLUMNS]
+                    + [r.seeds, format_count(params)])
+    return tabulate(body, headers=HEADERS, tablefmt="github")
+
+
+def _csv(rows: list[TableRow]) -> str:
+    """Numbers, not strings: per column mean, std, n and the 95% interval over seeds, in percent."""
+    head = ["strategy", "config", "protocol", "metric", "unit"]
+    for c in COLUMNS:
+        head += [f"{c}_{k}" for k in ("mean", "std", "n", "ci_low", "ci_high")]
+    head += ["seeds", "parameters"]
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(head)
+    for r in rows:
+        line: list[Any] = [r.name, config_label(r, rows), r.protocol, r.primary, "%"]
+        for c in COLUMNS:
+            s = dict(r.cells.get(c) or {})
+            if s:  # a t-interval over 2-3 seeds can leave the metric's range: clipped to it
+                s["ci_low"], s["ci_high"] = results.clip_interval(s, r.primary)
+            for k in ("mean", "std", "n", "ci_low", "ci_high"):
+                v = s.get(k)
+                if v is None or (isinstance(v, float) and not math.isfinite(v)):
+                    line.append("")
+                else:
+                    line.append(int(v) if k == "n" else round(100 * float(v), 6))
+        params = r.extra.get("parameters", {}).get("mean")
+        line += [r.seeds, int(round(params)) if params is not None and math.isfinite(params) else ""]
+        w.writerow(line)
+    return out.getvalue()
+
+
+_LATEX_ESCAPE = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_ESCAPE.get(ch, ch) for ch in str(text))
+
+
+def _latex_cell(s: dict[str, float] | None, mark: str) -> str:
+    if not s or not math.isfinite(s.get("mean", float("nan"))):
+        return "--"
+    num = f"{100 * s['mean']:.2f}"
+    if "★" in mark:
+        num = rf"\textbf{{{num}}}"
+    sups = "".join(t for m, t in (("†", r"\dagger"), ("‡", r"\ddagger"), ("°", r"\circ")) if m in mark)
+    text = num if s["n"] == 1 else rf"{num} $\pm$ {100 * s['std']:.2f}"
+    return text + (f"$^{{{sups}}}$" if sups else "")
+
+
+def _latex(rows: list[TableRow], marks: dict[tuple[int, str], str]) -> str:
+    """A booktabs tabular: the best entry of each column in bold, significance marks as superscripts."""
+    lines = [r"% avbench table: needs \usepackage{booktabs}",
+             r"\begin{tabular}{llll" + "r" * len(COLUMNS) + "rr}", r"\toprule",
+             " & ".join(latex_escape(h) for h in HEADERS) + r" \\", r"\midrule"]
+    for i, r in enumerate(rows):
+        params = r.extra.get("parameters", {}).get("mean")
+        cells = [latex_escape(r.name), latex_escape(config_label(r, rows)), latex_escape(r.protocol),
+                 latex_escape(r.primary)]
+        cells += [_latex_cell(r.cells.get(c), marks.get((i, c), "")) for c in COLUMNS]
+        cells += [str(r.seeds), latex_escape(format_count(params))]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"

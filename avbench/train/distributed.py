@@ -64,7 +64,9 @@ def setup(device: str | torch.device = "cpu") -> DistContext:
         torch.cuda.set_device(dev)
     elif "OMP_NUM_THREADS" not in os.environ or os.environ.get("AVBENCH_SPLIT_THREADS") == "1":
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        from avbench.hardware import machine_cpus  # affinity and cgroup quota, not just the host's cores
+
+        torch.set_num_threads(max(1, machine_cpus() // local_world))
     owns = False
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -20,9 +20,12 @@ from torch import Tensor, nn
 from avbench.api import Batch, Strategy
 from avbench.cache.reader import FeatureCache
 from avbench.errors import UserError
+from avbench.hardware import resolve_precision
 from avbench.metrics.classification import classification_metrics
+from avbench.metrics.multilabel import head_union_metrics
 from avbench.metrics.retrieval import retrieval_metrics, stratified_subset
 from avbench.train import augment, distributed, sampling
+from avbench.train import schedule as sched_mod
 from avbench.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from avbench.train.data import BatchSource
 from avbench.train.recipe import Recipe
@@ -33,7 +36,7 @@ CAPABILITY_OF = {"audio": "audio_only", "video": "video_only", "fusion": "fusion
 
 @dataclass
 class EvalResult:
-    metrics: dict[str, float]  # "audio/acc", "fusion/mAP", "retrieval/a2v_R@1", ...
+    metrics: dict[str, float]  # "audio/acc", "fusion/mAP", "retrieval/a2v_R_at1", ...
     logits: dict[str, np.ndarray]  # column -> [N, C] float32
     heads: dict[str, np.ndarray]  # named per-head logits (strategies with heads)
     labels: np.ndarray
@@ -50,6 +53,7 @@ class FitResult:
     eval_clips_per_s: float = float("nan")
     train_seconds: float = 0.0
     resumed_from_epoch: int | None = None
+    validation: dict[str, Any] = field(default_factory=dict)  # curve and convergence (train/schedule.py)
 
 
 @dataclass
@@ -111,6 +115,8 @@ def tune_host_allocator() -> bool:
 
 
 def autocast(device: torch.device, amp: str):
+    if amp == "auto":  # the engine resolves once; this is for callers holding a recipe as written
+        amp = resolve_precision(amp, device)[0]
     if amp == "fp32":
         return torch.autocast(device_type=device.type, enabled=False)
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
@@ -138,7 +144,8 @@ class Engine:
                  device: str | torch.device = "cpu", protocol: str = "standard",
                  train_modality: str | None = None, checkpoint_path: Path | None = None,
                  progress: bool = True, rank: int = 0, world: int = 1,
-                 on_epoch: Callable[[int, dict[str, float]], None] | None = None):
+                 on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+                 evaluate_on: str = "test"):
         self.strategy = strategy
         self.cache = cache
         self.recipe = recipe
@@ -150,6 +157,11 @@ class Engine:
         self.progress = progress and rank == 0
         self.rank, self.world = rank, world
         self.on_epoch = on_epoch
+        # "auto" precision becomes bf16 or fp32 here, once, printed once (avbench.hardware).
+        self.precision, self.precision_reason = resolve_precision(recipe.amp, self.device, announce=self.progress)
+        if world > 1:  # every rank trains in rank 0's precision
+            self.precision, self.precision_reason = distributed.all_gather_objects((self.precision, self.precision_reason))[0]
+        self.recipe = recipe = replace(recipe, amp=self.precision)
         caps = strategy.capabilities
         if protocol == "cross-modal":
             if train_modality not in ("audio", "video"):
@@ -160,7 +172,8 @@ class Engine:
         elif protocol != "standard":
             raise UserError(f"unknown protocol '{protocol}' (standard or cross-modal)")
         self.train_split = cache.train_split()
-        self.test_split = cache.test_split()
+        # evaluate_on="val" (tuning): the validation split stands in for test, which is never opened.
+        self.test_split = cache.val_split() if evaluate_on == "val" else cache.test_split()
         # Each rank holds its own copy of a resident split: on a shared CPU host only when they all fit.
         share = 1.0 / world if self.device.type == "cpu" else 1.0
         self.train_src = BatchSource(self.train_split, self.device, recipe.device_resident, share=share)
@@ -170,6 +183,7 @@ class Engine:
         self.test_rows = np.flatnonzero(self.test_split.present.any(axis=1))
         self.excluded = {"train": len(self.train_split) - len(self.train_rows),
                          "test": len(self.test_split) - len(self.test_rows)}
+        self.train_rows = sched_mod.training_rows(cache, recipe, self.train_rows, evaluate_on)
         labels = self.train_split.labels[self.train_rows]
         self.weights = sampling.balanced_weights(labels) if recipe.balanced_sampling else None
         self.num_steps = cache.features.num_steps
@@ -179,6 +193,8 @@ class Engine:
             tune_host_allocator()
         strategy.to(self.device)
         self.step_module: nn.Module = _TrainStep(strategy)
+        self.validator = sched_mod.Validator(self, evaluate_on)
+        self.sched = sched_mod.EpochSchedule(recipe, 0, 0, 2**62, 2**62)  # fit() sets one per epoch
 
     def wrap_step_module(self) -> nn.Module:
         """The module ``train_step`` calls: DDP around the strategy when distributed (rebuilt per stage,
@@ -214,9 +230,10 @@ class Engine:
         return torch.optim.Adam(params, **kw)
 
     # --- batches ----------------------------------------------------------------------------------
-    def draws(self, step: int, size: int, labelled: bool) -> tuple[np.ndarray | None, np.ndarray | None,
-                                                                   np.ndarray | None]:
+    def draws(self, step: int, size: int, labelled: bool, partner_range: int | None = None
+              ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
         """The recipe's random draws for a global batch of ``size``: (partner, lambda, shift).
+        Partners index the batch, or ``range(partner_range)`` (the training rows, ``mixup_partner="split"``).
 
         Drawn in the order of ``augment.mixup`` then ``augment.random_shifts`` from a generator seeded
         by (seed, step), so one seed gives one sequence of augmentations for any number of ranks.
@@ -225,7 +242,7 @@ class Engine:
         rng = np.random.default_rng([self.seed, step, 0])
         partner = lam = shift = None
         if labelled and r.mixup_prob > 0:
-            partner = rng.integers(0, size, size)
+            partner = rng.integers(0, size if partner_range is None else partner_range, size)
             lam = rng.beta(r.mixup_alpha, r.mixup_alpha, size) if r.mixup_alpha > 0 else np.ones(size)
             lam = np.where(rng.random(size) < r.mixup_prob, lam, 1.0)
         if r.time_roll:
@@ -238,7 +255,8 @@ class Engine:
             labelled = self.strategy.stage_uses_labels(self.strategy.stage)
         glob = np.asarray(global_rows)
         size = len(glob)
-        partner_g, lam_g, shift_g = self.draws(step, size, labelled)
+        split_partner = self.recipe.mixup_partner == "split"
+        partner_g, lam_g, shift_g = self.draws(step, size, labelled, len(self.train_rows) if split_partner else None)
         lo, hi = distributed.shard(size, self.rank, self.world)
         n = hi - lo
         rows = glob[lo:hi]
@@ -247,7 +265,9 @@ class Engine:
         fetch, partner = rows, None
         if partner_g is not None:
             p = partner_g[lo:hi]
-            if self.world == 1:
+            if split_partner:
+                fetch, partner = augment.split_partners(rows, self.train_rows[p], lam)
+            elif self.world == 1:
                 partner = p
             else:
                 local = (p >= lo) & (p < hi)
@@ -289,9 +309,8 @@ class Engine:
             p = to_device(plan.partner, dev)
             lam = to_device(plan.lam.astype(np.float32), dev)
             lab = labels.float()
-            c = lab.shape[-1]
             ls = r.label_smoothing
-            targets = ls / c + (1 - ls) * (lam[:, None] * lab[own] + (1 - lam[:, None]) * lab[p])
+            targets = augment.mixed_targets(lab[own], lab[p], lam, ls, r.label_arithmetic)
 
             def mix(x: Tensor) -> Tensor:
                 w = lam.to(x.dtype)[:, None, None]
@@ -303,7 +322,8 @@ class Engine:
         else:
             audio, video = audio[own], video[own]
             onsets = None if onsets is None else onsets[own]
-            targets = augment.smooth_targets(labels[own], r.label_smoothing) if labelled else labels[own].float()
+            targets = (augment.smooth_targets(labels[own], r.label_smoothing, r.label_arithmetic) if labelled
+                       else labels[own].float())
         labels = labels[own]
         present = None if present is None else present[own]
         index = None if index is None else index[own]
@@ -336,7 +356,7 @@ class Engine:
         with autocast(self.device, self.recipe.amp):
             out = self.step_module(batch, step)
         loss = out["loss"]
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=self.recipe.idle_grads == "none")  # "zero": Adam moves idle params
         (loss * loss_scale if loss_scale != 1.0 else loss).backward()
         if self.recipe.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.strategy.trainable_parameters(), self.recipe.grad_clip)
@@ -373,7 +393,8 @@ class Engine:
                 # The stage's recipe drives its optimizer, schedule, clipping and batches; evaluation
                 # always runs under the run's recipe.
                 self.recipe = r = self.strategy.stage_recipe(stage, base)
-                n_epochs = self.strategy.stage_epochs(stage, r.epochs)
+                spe = len(self.global_batches(0))
+                n_epochs, stage_steps = sched_mod.stage_length(self.strategy, stage, r, spe)
                 optimizer = self.make_optimizer()
                 wrapped = False
                 for epoch in range(n_epochs):
@@ -387,17 +408,19 @@ class Engine:
                     if not wrapped:
                         self.wrap_step_module()
                         wrapped = True
-                    for group in optimizer.param_groups:
-                        group["lr"] = r.lr * (r.lr_decay ** epoch)
+                    self.sched = sched_mod.EpochSchedule(r, epoch, global_step, spe, stage_steps,
+                                                         self.strategy.stage_uses_labels(stage))
+                    self.validator.begin(self.sched)
                     t0 = time.perf_counter()
                     stats, n_clips, global_step = self._train_epoch(optimizer, stage, global_epoch, global_step)
                     synchronize(self.device)
-                    dt = time.perf_counter() - t0
+                    dt = time.perf_counter() - t0 - self.validator.take_seconds()  # training time only
                     train_clips += n_clips
                     train_time += dt
                     row = {"epoch": global_epoch, "stage": stage_index, "lr": optimizer.param_groups[0]["lr"],
                            "train_clips_per_s": n_clips / dt if dt > 0 else float("nan"), **stats}
                     row.update({f"diag/{k}": float(v) for k, v in self.strategy.epoch_diagnostics().items()})
+                    row.update(self.validator.last())
                     last = stage_index == len(stages) - 1 and epoch == n_epochs - 1
                     if self.strategy.stage_uses_labels(stage) and (r.eval_every_epoch or last):
                         with self.using_recipe(base):
@@ -407,16 +430,18 @@ class Engine:
                         if last:
                             result.final = ev
                     result.history.append(row)
-                    if self.on_epoch is not None and self.rank == 0:
-                        self.on_epoch(global_epoch, row)
+                    # The checkpoint first: an epoch whose metrics could not be sent is not lost.
                     if self.checkpoint_path is not None and self.rank == 0:
                         save_checkpoint(self.checkpoint_path, self.strategy, optimizer, global_epoch + 1,
                                         global_step, result.history)
+                    if self.on_epoch is not None and self.rank == 0:
+                        self.on_epoch(global_epoch, row)
                     global_epoch += 1
         finally:
             self.recipe = base
         if result.final is None:  # resumed after the last epoch, or nothing trained with labels
             result.final = self.evaluate(retrieval=True)
+        result.validation = self.validator.summary()
         result.train_seconds = train_time
         result.train_clips_per_s = train_clips / train_time if train_time > 0 else float("nan")
         result.eval_clips_per_s = result.final.clips_per_s
@@ -427,19 +452,21 @@ class Engine:
         from tqdm.auto import tqdm
 
         self.strategy.train()
-        plans = self.epoch_plans(epoch, step)
+        plans = self.epoch_plans(epoch, step)[:self.sched.steps]
         sums: dict[str, Tensor] = {}
         n_clips = 0
         bar = tqdm(total=len(plans), desc=f"epoch {epoch + 1} [{stage}]", unit="step",
                    disable=not self.progress, leave=False, dynamic_ncols=True)
         for plan, raw in zip(plans, self.train_src.iterate([p.fetch for p in plans])):
             batch = self.make_batch(raw, train=True, step=step, plan=plan)
+            self.sched.apply(optimizer, step)
             out = self.train_step(batch, step, optimizer, plan.loss_scale)
             for k, v in out.items():  # accumulate on the device: no host sync per step
                 if isinstance(v, Tensor) and v.dim() == 0:
                     sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v.detach().float()
             n_clips += plan.global_size
             step += 1
+            self.validator.after_step(self.sched, step)
             bar.update(1)
             if self.progress and step % 20 == 0:
                 bar.set_postfix(loss=f"{out['loss'].item():.4f}")
@@ -467,10 +494,12 @@ class Engine:
         return cols, skipped
 
     @torch.no_grad()
-    def evaluate(self, retrieval: bool = True) -> EvalResult:
+    def evaluate(self, retrieval: bool = True, on: tuple[Any, np.ndarray] | None = None) -> EvalResult:
+        """The test split's metrics, or those of rows ``on = (batch source, rows)`` (no retrieval)."""
         self.strategy.eval()
         cols, skipped = self.columns()
-        rows = self.test_rows
+        src, rows = on if on is not None else (self.test_src, self.test_rows)
+        retrieval = retrieval and on is None
         n = len(rows)
         bs = self.recipe.eval_batch_size
         logits: dict[str, list[np.ndarray]] = {c: [] for c in cols}
@@ -481,7 +510,7 @@ class Engine:
         lo, hi = distributed.shard(n, self.rank, self.world)
         synchronize(self.device)
         t0 = time.perf_counter()
-        for raw in self.test_src.iterate([rows[s:min(hi, s + bs)] for s in range(lo, hi, bs)]):
+        for raw in src.iterate([rows[s:min(hi, s + bs)] for s in range(lo, hi, bs)]):
             b = self.make_batch(raw, train=False)
             with autocast(self.device, self.recipe.amp):
                 extra = {"onsets": b.onsets} if self.strategy.capabilities.onsets else {}
@@ -506,12 +535,14 @@ class Engine:
         for c, lg in out_logits.items():
             for k, v in classification_metrics(lg, lab).items():
                 metrics[f"{c}/{k}"] = v
+        out_heads = {k: np.concatenate(v) for k, v in heads.items()}
+        metrics.update(head_union_metrics(out_heads, lab))  # paper 003 Table 2: union of the heads' argmax
         if retrieval:
             if self.strategy.capabilities.embeddings and self.protocol == "standard":
                 metrics.update({f"retrieval/{k}": v for k, v in self._retrieval(lab).items()})
             elif not self.strategy.capabilities.embeddings:
                 skipped["retrieval"] = self.strategy.capabilities.why_not("embeddings")
-        return EvalResult(metrics=metrics, logits=out_logits, heads={k: np.concatenate(v) for k, v in heads.items()},
+        return EvalResult(metrics=metrics, logits=out_logits, heads=out_heads,
                           labels=lab, skipped=skipped, rows=rows,
                           clips_per_s=n * max(1, len(cols)) / dt if dt > 0 else float("nan"))
 

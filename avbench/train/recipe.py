@@ -9,27 +9,71 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from avbench.config import in_range  # value ranges, checked by apply_overrides
+
 
 @dataclass
 class Recipe:
-    epochs: int = 10
-    lr: float = 5e-5
-    beta1: float = 0.95
-    beta2: float = 0.999
-    weight_decay: float = 5e-7
-    lr_decay: float = 0.5  # lr multiplied by this after every epoch (1.0 = constant)
-    batch_size: int = 144
+    epochs: int = in_range(10, "[1, inf)")
+    lr: float = in_range(5e-5, "(0, inf)")
+    beta1: float = in_range(0.95, "[0, 1)")
+    beta2: float = in_range(0.999, "[0, 1)")
+    weight_decay: float = in_range(5e-7, "[0, inf)")
+    lr_decay: float = in_range(0.5, "(0, 1]")  # lr multiplied by this after every epoch (1.0 = constant)
+    batch_size: int = in_range(144, "[1, inf)")
     drop_last: bool = True
     balanced_sampling: bool = True  # weight 1000 / (class_count + 0.01), summed over a clip's labels
-    mixup_prob: float = 0.5  # per clip; partner drawn uniformly, lambda ~ Beta(alpha, alpha)
-    mixup_alpha: float = 10.0
-    label_smoothing: float = 0.1
+    mixup_prob: float = in_range(0.5, "[0, 1]")  # per clip; partner drawn uniformly, lambda ~ Beta(alpha, alpha)
+    mixup_alpha: float = in_range(10.0, "(0, inf)")
+    label_smoothing: float = in_range(0.1, "[0, 1)")
     l2_norm: bool = True  # L2-normalise every time step of both modalities
     time_roll: bool = True  # one random roll in [-T/2, T/2 - 1] shared by audio and video
-    amp: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast precision (bf16 keeps accuracy; see README)
+    amp: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 where native and faster (avbench.hardware)
     compile: bool = False  # torch.compile the strategy
-    grad_clip: float = 0.0  # max gradient norm; 0 disables
-    eval_batch_size: int = 512
+    grad_clip: float = in_range(0.0, "[0, inf)")  # max gradient norm; 0 disables
+    eval_batch_size: int = in_range(512, "[1, inf)")
     eval_every_epoch: bool = True
-    retrieval_per_class: int = 5  # stratified subset size per class for A<->V retrieval
+    retrieval_per_class: int = in_range(5, "[1, inf)")  # stratified subset size per class for A<->V retrieval
     device_resident: Literal["auto", "on", "off"] = "auto"  # hold splits on the device when they fit
+    # Schedules and validation (avbench/train/schedule.py): "epoch" multiplies lr by lr_decay after
+    # every epoch (the reference); "cosine"/"step"/"constant" are defined in optimizer steps, after a
+    # linear warm-up of warmup_steps. max_steps > 0 trains for exactly that many steps (per stage).
+    schedule: Literal["epoch", "cosine", "step", "constant"] = "epoch"
+    max_steps: int = in_range(0, "[0, inf)")
+    warmup_steps: int = in_range(0, "[0, inf)")
+    # "holdout": train without the cache's validation rows and record a held-out validation curve;
+    # "train-on-all": train on the whole training split (the curve is then in-sample); "off": no curve.
+    validation: Literal["holdout", "train-on-all", "off"] = "holdout"
+    val_points: int = in_range(20, "[2, inf)")  # validation evaluations spread over the run's steps
+    # Where avbench's default departs from the UAVM authors' code (README: "Recipe differences"):
+    # "none": a parameter unused in a step has no gradient and Adam leaves it alone; "zero": gradients
+    # are zero-filled as torch < 2.0's zero_grad() left them, so Adam keeps moving the idle modality's
+    # parameters with its momentum (and weight decay) on every batch of the other modality.
+    idle_grads: Literal["none", "zero"] = "none"
+    # "batch": a mixup partner comes from the (balanced) batch; "split": uniformly from the whole
+    # training split, as the authors' loader draws it.
+    mixup_partner: Literal["batch", "split"] = "batch"
+    # "uniform": every target is ls/C + (1 - ls) * label; "reference": an unmixed clip's labels are
+    # 1 - ls (the authors' loader). Mixed clips are the same under both.
+    label_arithmetic: Literal["uniform", "reference"] = "uniform"
+
+
+# Named recipes for ``--recipe NAME`` (run, eval, sweep): Recipe overrides applied after the dataset
+# card's recipe defaults and before ``--set``. "reference" is the UAVM authors' training as their code
+# runs it (fp32, zero-filled gradients, partners from the whole split, their label arithmetic, the
+# whole training split with no held-out curve); dataset-sized settings (lr, batch, epochs) stay the
+# card's. The model side of it (their initialisation) is the UAVM family's default ``init=authors``.
+RECIPES: dict[str, dict[str, object]] = {
+    "default": {},
+    "reference": {"amp": "fp32", "idle_grads": "zero", "mixup_partner": "split",
+                  "label_arithmetic": "reference", "validation": "off"},
+}
+
+
+def recipe_overrides(name: str) -> dict[str, object]:
+    """The overrides of the named recipe; a one-line UserError for an unknown name."""
+    from avbench.errors import UserError
+
+    if name not in RECIPES:
+        raise UserError(f"--recipe {name}: unknown recipe (one of {', '.join(RECIPES)})")
+    return dict(RECIPES[name])

@@ -1,0 +1,145 @@
+"""The validation split of a cache: the dataset's official one, or a stratified seeded hold-out.
+
+Every choice a comparison makes (learning rate, training length, any tuned setting) must be made on
+data that is neither trained on nor tested on, and it must be the *same* data for every strategy and
+every run. A cache with an official validation split (AVE, LLP) uses it. Any other cache holds out a
+stratified, seeded fraction of its training split (default 10%, at least one clip of every class
+that has two or more), chosen from the labels alone, so it is identical across strategies, runs and
+machines.
+
+The hold-out is recorded without touching the features: ``<train split>/val_rows.npy`` lists the
+held-out training rows (sorted) and ``manifest.json`` gains a ``validation`` entry naming the file,
+the method, the fraction, the seed and a hash of the held-out clip ids. Importers and the synth
+generator record it when they write a cache; a cache written before this existed gets it on first
+use (a read-only cache gets the same rows computed in memory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avbench.cache import format as fmt
+
+OFFICIAL_NAMES = ("val", "validation", "valid")
+ROWS_FILE = "val_rows.npy"
+DEFAULT_FRACTION = 0.1
+DEFAULT_SEED = 0
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Where the validation clips are: ``rows`` of split ``split``; ``held_out`` rows of the training
+    split that training must skip (empty when the split is official)."""
+
+    split: str
+    rows: np.ndarray
+    official: bool
+    held_out: np.ndarray
+    record: dict[str, Any]
+
+
+def official_split(split_names: list[str]) -> str | None:
+    for name in OFFICIAL_NAMES:
+        if name in split_names:
+            return name
+    return None
+
+
+def stratified_holdout(labels: np.ndarray, candidates: np.ndarray, fraction: float = DEFAULT_FRACTION,
+                       seed: int = DEFAULT_SEED) -> np.ndarray:
+    """Sorted rows (a subset of ``candidates``) held out for validation, stratified by label.
+
+    Each clip's stratum is its rarest label over the candidates (its only label for single-label
+    data; clips with no label form one stratum). From every stratum of n clips, round(fraction * n)
+    are drawn with a generator seeded by ``seed`` and the stratum's class, at least one when n >= 2
+    (so every class that can spare a clip is validated) and never all of them (it stays trainable).
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    labels = np.asarray(labels).astype(bool)
+    candidates = np.asarray(candidates, dtype=np.int64)
+    lab = labels[candidates]
+    counts = lab.sum(axis=0)
+    rarity = np.where(lab, counts[None, :], np.iinfo(np.int64).max)
+    stratum = np.where(lab.any(axis=1), rarity.argmin(axis=1), -1)
+    picked = []
+    for s in np.unique(stratum):
+        members = candidates[stratum == s]
+        n = len(members)
+        k = min(n - 1, max(1, int(round(fraction * n)))) if n >= 2 else 0
+        if k:
+            rng = np.random.default_rng([seed, int(s) + 1])
+            picked.append(rng.choice(members, size=k, replace=False))
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
+
+
+def ids_hash(ids: list[str], rows: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(ids[int(r)].encode() + b"\n")
+    return h.hexdigest()
+
+
+def resolve(cache: Any, fraction: float = DEFAULT_FRACTION, seed: int = DEFAULT_SEED) -> Validation:
+    """The cache's validation split, recording a new hold-out in the cache when it has none yet."""
+    official = official_split(cache.split_names)
+    if official is not None and official != cache.test_split_name():  # not the test split's stand-in
+        split = cache.split(official)
+        rows = np.flatnonzero(split.present.any(axis=1))
+        return Validation(official, rows, True, np.zeros(0, np.int64),
+                          {"source": "official", "split": official, "size": int(len(rows))})
+    train = cache.train_split()
+    record = dict(cache.manifest.validation or {})
+    rows_path = cache.root / train.name / ROWS_FILE
+    if record.get("source") == "holdout" and rows_path.exists():
+        rows = np.load(rows_path)
+        if record.get("ids_sha256") == ids_hash(train.ids, rows):
+            return Validation(train.name, rows, False, rows, record)
+        log.warning("%s: the recorded validation rows do not match the clip ids; recomputing", rows_path)
+    candidates = np.flatnonzero(train.present.any(axis=1))
+    rows = stratified_holdout(train.labels, candidates, fraction, seed)
+    record = {"source": "holdout", "split": train.name, "method": "stratified by rarest label",
+              "fraction": fraction, "seed": seed, "size": int(len(rows)),
+              "rows_file": f"{train.name}/{ROWS_FILE}", "ids_sha256": ids_hash(train.ids, rows)}
+    try:
+        record_holdout(cache.root, rows_path, rows, record)
+    except OSError as e:  # a read-only cache: the same rows, computed in memory every time
+        log.warning("%s: cannot record the validation split (%s); using it unrecorded", cache.root, e)
+    cache.manifest.validation = record
+    return Validation(train.name, rows, False, rows, record)
+
+
+def record_holdout(root: Path, rows_path: Path, rows: np.ndarray, record: dict[str, Any]) -> None:
+    """Write the rows file, then the manifest entry, each atomically (concurrent first uses compute
+    the same rows and write the same bytes)."""
+    fd, tmp = tempfile.mkstemp(prefix=rows_path.name + ".", suffix=".tmp", dir=rows_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.asarray(rows, dtype=np.int64))
+        os.replace(tmp, rows_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    mpath = Path(root) / fmt.MANIFEST
+    data = json.loads(mpath.read_text())
+    if data.get("validation") != record:
+        data["validation"] = record
+        fmt.write_json_atomic(mpath, data)
+
+
+def record_validation(root: str | Path, fraction: float = DEFAULT_FRACTION) -> Validation:
+    """Record a just-written cache's validation split (importers and extraction call this)."""
+    from avbench.cache.reader import FeatureCache
+
+    return resolve(FeatureCache(root), fraction=fraction)

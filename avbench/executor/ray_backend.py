@@ -1,0 +1,130 @@
+"""``--executor ray``: every job is a Ray task with its own CPUs (and GPUs, fractions allowed).
+
+Why Ray: users with a cluster already run it, and it schedules tasks with resource requests, so a
+sweep spreads over nodes without a scheduler of ours. The task runs the same ``execute`` as a local
+worker, with the same thread count, so a job's numbers do not depend on where it ran. ``--address``
+joins an existing cluster (``auto``, ``HOST:6379``, ``ray://HOST:10001``); without it Ray starts a
+local one for the sweep and stops it afterwards.
+
+Every node must be able to import avbench (the same install) and read the cache path, and MLflow must
+be reachable from every node (a tracking server; see the README).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from avbench.errors import UserError
+from avbench.executor.base import (
+    Executor,
+    Job,
+    Outcome,
+    Resources,
+    describe_error,
+    execute,
+)
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'avbench[ray]'") from None
+    return ray
+
+
+class RayExecutor(Executor):
+    name = "ray"
+
+    def __init__(self, address: str | None = None, threads_per_job: int | None = None, gpus_per_job: float = 0.0,
+                 env: dict[str, str] | None = None, init_kwargs: dict[str, Any] | None = None):
+        ray = import_ray()
+        self._ray = ray
+        threads_per_job = 1 if threads_per_job is None else threads_per_job
+        if threads_per_job < 1:
+            raise UserError("--threads-per-job must be at least 1")
+        if gpus_per_job < 0:
+            raise UserError("--gpus-per-job must be positive")
+        self._owns = not ray.is_initialized()
+        if self._owns:
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, **(init_kwargs or {}))
+            except ConnectionError as e:
+                raise UserError(f"--address {address}: cannot reach a Ray cluster ({e})") from None
+        self._threads = threads_per_job
+        self._gpus = float(gpus_per_job)
+        self._env = dict(env or {})
+        self.multi_node = sum(1 for n in ray.nodes() if n.get("Alive")) > 1
+        cluster = ray.cluster_resources()
+        self._slots = max(1, int(cluster.get("CPU", 1) // threads_per_job))
+        if self._gpus:
+            self._slots = min(self._slots, max(1, int(cluster.get("GPU", 0) // self._gpus)))
+            if cluster.get("GPU", 0) < self._gpus:
+                raise UserError(f"--gpus-per-job {self._gpus:g}: the Ray cluster has {cluster.get('GPU', 0):g} GPU(s)")
+        if cluster.get("CPU", 0) < threads_per_job:
+            raise UserError(f"--threads-per-job {threads_per_job}: the Ray cluster has {cluster.get('CPU', 0):g} CPU(s)")
+        self._task = ray.remote(execute).options(num_cpus=threads_per_job, num_gpus=self._gpus, max_retries=0)
+        self._refs: dict[Any, str] = {}
+        self._closed = False
+
+    @property
+    def slots(self) -> int:
+        return self._slots
+
+    @property
+    def threads_per_job(self) -> int:
+        return self._threads
+
+    def submit(self, job: Job) -> None:
+        if self._closed:
+            raise RuntimeError("executor is closed")
+        # Ray assigns GPUs itself (CUDA_VISIBLE_DEVICES per task); only the threads travel with the job.
+        res = Resources(threads=self._threads, gpus=self._gpus, env=self._env)
+        self._refs[self._task.remote(job, res)] = job.key
+
+    def wait(self, timeout: float | None = None) -> list[Outcome]:
+        if not self._refs:
+            return []
+        ready, _ = self._ray.wait(list(self._refs), num_returns=1, timeout=timeout)
+        if ready:  # collect everything else that is already done too
+            ready, _ = self._ray.wait(list(self._refs), num_returns=len(self._refs), timeout=0)
+        out = []
+        for ref in ready:
+            key = self._refs.pop(ref)
+            try:
+                out.append(self._ray.get(ref))
+            except Exception as e:  # noqa: BLE001 -- the worker died (node lost, out of memory) or the task was cancelled
+                cancelled = isinstance(e, self._ray.exceptions.TaskCancelledError)
+                out.append(Outcome(key, False, error="cancelled" if cancelled else describe_error(e),
+                                   cancelled=cancelled, threads=self._threads))
+        return out
+
+    def running(self) -> int:
+        """Ray does not say which tasks started; jobs beyond the cluster's slots are counted as queued."""
+        return min(len(self._refs), self._slots)
+
+    def outstanding(self) -> int:
+        return len(self._refs)
+
+    def cancel(self, grace_s: float = 20.0) -> None:
+        """Queued tasks are dropped; running ones see KeyboardInterrupt (and mark their runs KILLED)."""
+        self._closed = True
+        refs = list(self._refs)
+        for ref in refs:
+            self._ray.cancel(ref, force=False)
+        deadline = time.monotonic() + grace_s
+        pending = refs
+        while pending and time.monotonic() < deadline:
+            _, pending = self._ray.wait(pending, num_returns=len(pending), timeout=0.5)
+        for ref in pending:
+            self._ray.cancel(ref, force=True)
+        self._refs.clear()
+
+    def close(self) -> None:
+        if self._refs:
+            self.cancel()
+        self._closed = True
+        if self._owns and self._ray.is_initialized():
+            self._ray.shutdown()
+            self._owns = False

@@ -1,0 +1,221 @@
+"""Learning-rate schedules that fit the data, the validation curve, and the convergence flag.
+
+The UAVM reference halves the learning rate after every epoch: made for 184k clips (1,278 steps per
+epoch), it stops a small dataset learning after a few dozen steps, and a comparison made that way
+ranks strategies by how much training each happened to get. So besides the reference ("epoch":
+``lr * lr_decay ** epoch``), a schedule can be defined in optimizer steps: a linear warm-up of
+``warmup_steps``, then "cosine" (to zero at the last step), "step" (x ``lr_decay`` at 50% and 75% of
+the steps) or "constant"; ``max_steps > 0`` sets the length of every stage in steps (a stage whose
+strategy fixes its own epochs keeps them). Learning rates are a pure function of the step, so a
+resumed run continues exactly.
+
+Every run records a validation curve: the primary metric on the cache's validation split at
+``val_points`` evenly spaced steps of its last labelled stage (held out from training unless the
+recipe says ``validation=train-on-all``), and its mAP, which is judged: a run whose validation mAP
+still rose over the last 20% of its steps (by more than 0.01 and two standard errors of the fitted
+rise) is marked not converged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+WINDOW = 0.2  # the share of the steps at the end whose rise marks a run not converged
+PRIMARY = {False: "acc", True: "mAP"}
+
+
+def lr_factor(recipe: Any, step: int, steps_per_epoch: int, total_steps: int) -> float:
+    """Multiplier of ``recipe.lr`` at stage-local ``step`` (0-based)."""
+    warm = recipe.warmup_steps
+    if warm > 0 and step < warm:
+        return (step + 1) / warm
+    if recipe.schedule == "epoch":
+        return recipe.lr_decay ** (step // max(1, steps_per_epoch))
+    if recipe.schedule == "constant":
+        return 1.0
+    done = (step - warm) / max(1, total_steps - warm)
+    if recipe.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
+    if recipe.schedule == "step":
+        return recipe.lr_decay ** ((done >= 0.5) + (done >= 0.75))
+    raise ValueError(f"unknown schedule {recipe.schedule!r}")
+
+
+def stage_length(strategy: Any, stage: str, recipe: Any, steps_per_epoch: int) -> tuple[int, int]:
+    """(epochs, steps) of a stage: the recipe's epochs, or ``max_steps`` when it is set."""
+    spe = max(1, steps_per_epoch)
+    if recipe.max_steps <= 0:
+        n = strategy.stage_epochs(stage, recipe.epochs)
+        return n, n * spe
+    want = math.ceil(recipe.max_steps / spe)
+    n = strategy.stage_epochs(stage, want)
+    return n, (recipe.max_steps if n == want else n * spe)
+
+
+@dataclass
+class EpochSchedule:
+    """One epoch of a stage: how many steps it runs and the learning rate at each global step."""
+
+    recipe: Any
+    epoch: int  # epoch within the stage
+    first_step: int  # global step at the epoch's start
+    steps_per_epoch: int
+    total_steps: int  # of the stage
+    labelled: bool = True
+
+    @property
+    def steps(self) -> int:
+        return max(0, min(self.steps_per_epoch, self.total_steps - self.epoch * self.steps_per_epoch))
+
+    def local(self, step: int) -> int:
+        """Stage-local index of global ``step``."""
+        return self.epoch * self.steps_per_epoch + (step - self.first_step)
+
+    def lr(self, step: int) -> float:
+        return self.recipe.lr * lr_factor(self.recipe, self.local(step), self.steps_per_epoch, self.total_steps)
+
+    def apply(self, optimizer: Any, step: int) -> None:
+        lr = self.lr(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+
+def eval_steps(total_steps: int, points: int) -> set[int]:
+    """Stage-local step counts (1..total) after which the validation split is evaluated."""
+    return {int(round(total_steps * i / points)) for i in range(1, points + 1)} - {0}
+
+
+def convergence(curve: list[tuple[int, float]], total_steps: int) -> dict[str, Any]:
+    """Did the validation metric still rise over the last ``WINDOW`` of the steps?
+
+    ``curve`` is (step, value) of a continuous metric (mAP: accuracy on a small validation set moves
+    in steps of 1/n and hides a slow rise). The rise is the least-squares slope over the last point at
+    or before 80% of the steps and every later point, times the window's span. It counts when it is
+    above 0.01 and above two standard errors of itself (from the fit's residuals), so a plateau that
+    only wobbles is not flagged while a curve still climbing is.
+    """
+    done = {"converged": True, "rise": 0.0, "threshold": None}
+    if len(curve) < 2 or total_steps <= 0:
+        return {**done, "reason": "too few validation points"}
+    steps = np.array([s for s, _ in curve], float)
+    vals = np.array([v for _, v in curve], float)
+    before = np.flatnonzero(steps <= (1 - WINDOW) * total_steps)
+    first = int(before[-1]) if len(before) else 0
+    xs, ys = steps[first:], vals[first:]
+    if len(xs) < 2:
+        return {**done, "reason": "too few validation points"}
+    dx = xs - xs.mean()
+    slope = float((dx * (ys - ys.mean())).sum() / (dx ** 2).sum())
+    span = float(xs[-1] - xs[0])
+    resid = ys - (ys.mean() + slope * dx)
+    se = math.sqrt(float((resid ** 2).sum()) / (len(xs) - 2) / float((dx ** 2).sum())) * span if len(xs) > 2 else 0.0
+    rise = slope * span
+    threshold = max(0.01, 2.0 * se)
+    return {"converged": bool(rise <= threshold), "rise": rise, "threshold": threshold,
+            "window_from_step": int(xs[0]), "points": int(len(xs))}
+
+
+class Validator:
+    """Records the engine's validation curve; see the module docstring."""
+
+    def __init__(self, engine: Any, evaluate_on: str):
+        self.engine = engine
+        self.mode = engine.recipe.validation
+        self.on = None
+        self.curve: list[tuple[int, float]] = []  # (stage step, primary metric)
+        self.smooth: list[tuple[int, float]] = []  # (stage step, mAP): what convergence is judged on
+        self.metric = ""
+        self.total = 0
+        self.points: set[int] = set()
+        self.callback = None  # called as callback(local_step, value) after each point (tuning, pruning)
+        self.seconds = 0.0  # spent evaluating since the last take_seconds()
+        if self.mode == "off":
+            return
+        cache = engine.cache
+        if evaluate_on == "val":
+            self.on = (engine.test_src, engine.test_rows)
+        elif cache.validation.official:
+            from avbench.train.data import BatchSource
+
+            split = cache.val_split()
+            self.on = (BatchSource(split, engine.device, engine.recipe.device_resident),
+                       np.flatnonzero(split.present.any(axis=1)))
+        else:
+            self.on = (engine.train_src, cache.validation.rows)
+        self.in_sample = self.mode == "train-on-all" and not cache.validation.official
+
+    def begin(self, sched: EpochSchedule) -> None:
+        """At the start of a labelled stage: the points are spread over its steps."""
+        if self.on is None or not sched.labelled:
+            return
+        self.total = sched.total_steps
+        self.points = eval_steps(self.total, self.engine.recipe.val_points)
+        if sched.epoch == 0:  # a later labelled stage starts a new curve (a resumed run keeps its own)
+            self.curve, self.smooth = [], []
+
+    def after_step(self, sched: EpochSchedule, step: int) -> None:
+        """Called after global step ``step - 1`` finished (``step`` steps done)."""
+        if self.on is None or not sched.labelled:
+            return
+        done = sched.local(step)
+        if done not in self.points or (self.curve and self.curve[-1][0] == done):
+            return
+        src, rows = self.on
+        t0 = time.perf_counter()
+        ev = self.engine.evaluate(retrieval=False, on=(src, rows))
+        self.engine.strategy.train()
+        self.seconds += time.perf_counter() - t0
+        cols = [c for c in ("fusion", "audio", "video") if f"{c}/{self._primary()}" in ev.metrics]
+        if not cols:
+            return
+        self.metric = f"{cols[0]}/{self._primary()}"
+        value = float(ev.metrics[self.metric])
+        self.curve.append((done, value))
+        self.smooth.append((done, float(ev.metrics.get(f"{cols[0]}/mAP", value))))
+        if self.callback is not None:
+            self.callback(done, value)
+
+    def take_seconds(self) -> float:
+        """Seconds spent on validation since the last call (kept out of training throughput)."""
+        out, self.seconds = self.seconds, 0.0
+        return out
+
+    def _primary(self) -> str:
+        return PRIMARY[bool(self.engine.strategy.task.multilabel)]
+
+    def last(self) -> dict[str, float]:
+        return {f"val/{self.metric}": self.curve[-1][1]} if self.curve else {}
+
+    def summary(self) -> dict[str, Any]:
+        if self.on is None:
+            return {}
+        out = {"metric": self.metric, "split": self.engine.cache.validation.split, "clips": int(len(self.on[1])),
+               "in_sample": self.in_sample, "steps": self.total,
+               "curve": [[int(s), float(v)] for s, v in self.curve],
+               "convergence_metric": self.metric.split("/")[0] + "/mAP",
+               "convergence_curve": [[int(s), float(v)] for s, v in self.smooth],
+               **convergence(self.smooth, self.total)}
+        if not out["converged"]:
+            log.warning("not converged: validation %s still rose by %.3f over the last %d%% of %d steps "
+                        "(threshold %.3f); train longer (--set train.max_steps=...) or tune",
+                        out["convergence_metric"], out["rise"], int(100 * WINDOW), self.total, out["threshold"])
+        return out
+
+
+def training_rows(cache: Any, recipe: Any, rows: np.ndarray, evaluate_on: str) -> np.ndarray:
+    """The engine's training rows: ``rows`` minus the validation hold-out unless the recipe trains on
+    all of the training split. Tuning (``evaluate_on="val"``) never trains on validation clips."""
+    if evaluate_on == "val" and recipe.validation != "holdout":
+        from avbench.errors import UserError
+
+        raise UserError("evaluating on the validation split needs train.validation=holdout")
+    if recipe.validation == "holdout" or evaluate_on == "val":
+        return np.setdiff1d(rows, cache.validation.held_out, assume_unique=True)
+    return rows
