@@ -21,3 +21,12 @@ def run_args(strategy: str, results: Path, *extra: str, seeds: str = "0", epochs
     for s in TINY_SETS + list(model_sets):
         args += ["--set", s]
     return args + list(extra)
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child started as a terminal starts it: SIGINT not ignored, even when the
+    suite itself runs in the background (a shell's ``&`` makes SIGINT ignored and exec keeps that, so
+    a Ctrl-C test would wait for a child that never hears it)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

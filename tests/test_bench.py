@@ -155,7 +155,8 @@ def test_timing_memory_and_peak_primitives():
     mem = PeakMemory("cpu")
     mem.reset()
     before = mem.read()
-    x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
-    assert mem.read() - before >= 60 * 2**20
+    x = torch.ones(256 * 2**20 // 4)  # 256 MiB, touched
+    # most of it: other threads of this process (MLflow, earlier tests' pools) may free memory meanwhile
+    assert mem.read() - before >= 200 * 2**20
     del x
     assert matmul_rate("cpu", "fp32", (32, 64), min_seconds=0.001, windows=1) > 0

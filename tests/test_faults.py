@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from avbench.cli import main
-from helpers import run_args, tiny_cache
+from helpers import default_sigint, run_args, tiny_cache
 
 
 def runs_by_status(results: Path) -> dict[str, int]:
@@ -426,7 +426,7 @@ def _spawn(args, **kw):
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent), **kw.pop("env", {})}
     return subprocess.Popen([sys.executable, "-m", "avbench", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, **kw)
+                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_sigint, **kw)
 
 
 def _wait_for(predicate, proc, timeout=240):

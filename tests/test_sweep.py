@@ -9,7 +9,7 @@ import pytest
 from avbench import sweep as sw
 from avbench.cli import main
 from avbench.errors import UserError
-from helpers import TINY_SETS
+from helpers import TINY_SETS, default_sigint
 
 
 def test_single_axes_multiply():
@@ -277,7 +277,7 @@ def test_ctrl_c_marks_running_jobs_killed_and_a_rerun_resumes(boom, tmp_path):
     res = tmp_path / "res"
     args = _boom_args(res, "hidden=4,8", "0,1", "--jobs", "2", epochs=2)
     proc = subprocess.Popen([sys.executable, "-m", "avbench", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         try:
