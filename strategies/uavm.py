@@ -129,7 +129,7 @@ class UAVMFamily(Strategy):
 
     Config: ClassVar[type] = UAVMConfig
     variant: ClassVar[str] = "unified"
-    # Named configurations for ``--preset`` (E14's Strategy.presets): the paper's size, and the width
+    # Named configurations for ``--preset`` (``Strategy.presets``): the paper's size, and the width
     # the synth card recommends on CPU.
     presets: ClassVar[Mapping[str, Mapping[str, object]]] = {
         "paper": {"embed_dim": 1024, "num_heads": 4, "n_specific": 3, "n_shared": 3, "s_dim": 0},

@@ -110,7 +110,7 @@ def set_thread_env(threads: int) -> None:
 
 
 def configure_threads(threads: int) -> int:
-    """Set torch's intra-op threads in this worker (E12's ``avbench.hardware``; imports torch)."""
+    """Set torch's intra-op threads in this worker (``avbench.hardware``; imports torch)."""
     from avbench.hardware import configure_threads as hw_configure
 
     return int(hw_configure(threads))
