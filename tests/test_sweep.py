@@ -3,6 +3,7 @@
 import json
 import os
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -144,44 +145,7 @@ def test_dry_run_lists_points_and_bad_name_is_rejected(tmp_path, capsys):
 
 
 # --- executors: several jobs at once, Ray, failures inside a job, Ctrl-C and resume -------------------
-BOOM_SOURCE = '''
-"""A small real strategy for sweep tests: mean-pooled features, a linear head per modality; boom=1
-raises inside training (a failure only a job can hit: the config itself is valid)."""
-from dataclasses import dataclass
-
-import torch
-from torch import nn
-
-from avbench.api import Capabilities, Strategy
-
-
-@dataclass
-class BoomConfig:
-    hidden: int = 8
-    boom: int = 0
-
-
-class BoomPool(Strategy):
-    name = "boompool"
-    Config = BoomConfig
-    capabilities = Capabilities()
-
-    def __init__(self, cfg, features, task):
-        super().__init__(cfg, features, task)
-        self.a = nn.Sequential(nn.Linear(features.audio_dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, task.num_classes))
-        self.v = nn.Sequential(nn.Linear(features.video_dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, task.num_classes))
-
-    def training_step(self, batch, step):
-        if self.cfg.boom:
-            raise RuntimeError(f"boom at step {step}")
-        loss = self.loss_fn(self.a(batch.audio.mean(1)), batch.targets) + self.loss_fn(self.v(batch.video.mean(1)), batch.targets)
-        return {"loss": loss}
-
-    def predict(self, audio, video):
-        outs = ([self.a(audio.mean(1))] if audio is not None else []) + ([self.v(video.mean(1))] if video is not None else [])
-        return torch.stack(outs).mean(0)
-'''
-BOOM = "sweep_boom:BoomPool"
+BOOM = "sweep_plugins:BoomPool"  # tests/sweep_plugins.py
 EVAL = ("audio/", "video/", "fusion/")
 
 
@@ -190,9 +154,7 @@ def boom(tmp_path, monkeypatch):
     """The strategy importable here, in spawned workers (sys.path) and in Ray workers (PYTHONPATH)."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs 2 usable cores")
-    d = tmp_path / "plugins"
-    d.mkdir()
-    (d / "sweep_boom.py").write_text(BOOM_SOURCE)
+    d = Path(__file__).parent
     monkeypatch.syspath_prepend(str(d))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(d), os.environ.get("PYTHONPATH")) if p))
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # two usable cores: two jobs of one thread each
