@@ -266,5 +266,7 @@ def test_ctrl_c_marks_running_jobs_killed_and_a_rerun_resumes(boom, tmp_path):
             finished[(p, s)] = r
     assert len(finished) == 4  # none lost
     assert all(finished[k] == r for k, r in finished_first.items())  # finished seeds were not retrained
-    assert len(final) == len(first) + (4 - len(finished_first))  # the rerun trained only what was missing
+    # the rerun made at most one run per missing seed (a seed that finished locally while the cancel
+    # closed its MLflow run as KILLED is sent by the rerun into that same run, not trained again)
+    assert len(final) <= len(first) + (4 - len(finished_first))
     assert {st for *_, st, _ in final} <= {"FINISHED", "KILLED"} and len(killed) <= 2
