@@ -13,6 +13,11 @@ recorded and the sweep goes on; failures are listed at the end.
 
 Parents are tagged ``avbench.sweep.<name>`` with the point (JSON), so ``avbench report`` can plot a
 metric against the swept parameter; parents the sweep creates also get ``avbench.created_by``.
+
+A sweep without axes (no ``--grid``) runs each strategy's configuration once per seed on the executor,
+and its records are exactly those of ``avbench run`` (no sweep tags, the same run names), so they are
+main rows of the report and ``run --skip-finished`` sees their seeds. With ``tuned`` every strategy
+starts from the configuration ``avbench tune`` stored, as ``run --tuned`` does.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ import dataclasses
 import itertools
 import json
 import operator
-import os
 import re
 import time
 from collections.abc import Callable
@@ -56,6 +60,11 @@ class Grid:
     ties: list[Tie] = field(default_factory=list)
 
     @property
+    def empty(self) -> bool:
+        """No axes: one point (each strategy's configuration as given), recorded as plain runs."""
+        return not self.axes
+
+    @property
     def swept_keys(self) -> list[str]:
         return [k for a in self.axes for k in a.keys]
 
@@ -63,7 +72,7 @@ class Grid:
     def x_key(self) -> str:
         """The key a report puts on the x axis: the last key of the first axis (``n_shared`` for a
         zipped ``n_specific,n_shared`` axis, where the other key is derived)."""
-        return self.axes[0].keys[-1]
+        return self.axes[0].keys[-1] if self.axes else ""
 
     def points(self) -> list[dict[str, str]]:
         out = []
@@ -194,6 +203,8 @@ def _format_number(v: float) -> str:
 
 
 def default_name(grid: Grid) -> str:
+    if grid.empty:
+        return "runs"
     return "-".join(k.split(".")[-1] for k in grid.swept_keys)
 
 
@@ -245,6 +256,7 @@ class SweepRequest:
     gpus_per_job: float = 0.0
     recipe_name: str = "default"  # --recipe: named Recipe overrides for every point (before --set)
     preset: str | None = None  # --preset: a named strategy configuration for every point (before --set)
+    tuned: bool = False  # --tuned: each strategy's stored tuned configuration (under --set and the point)
 
 
 @dataclass
@@ -254,6 +266,7 @@ class _Plan:
     strategy: str
     point: dict[str, str]
     tag_value: str
+    base: Any = None  # the RunRequest every seed of this point runs (with its seeds replaced)
     summary: dict[str, Any] | None = None  # runner.run with no seeds: parent id, primary metric, config
     error: str = ""
     seeds: dict[int, SeedResult] = field(default_factory=dict)
@@ -269,7 +282,7 @@ def run_sweep(req: SweepRequest, on_point: Callable[[int, int, PointResult], Non
     then run wherever the executor puts them. Ctrl-C cancels the running jobs, marks their runs KILLED
     and re-raises KeyboardInterrupt; a rerun resumes.
     """
-    from avbench.executor import make_executor
+    from avbench.executor import options
     from avbench.executor.progress import SweepProgress
 
     name = check_name(req.name or default_name(req.grid))
@@ -279,16 +292,14 @@ def run_sweep(req: SweepRequest, on_point: Callable[[int, int, PointResult], Non
         raise UserError(f"{', '.join(clash)} is both swept and set with --set")
     req = _absolute(req)  # a job may run in another working directory (Ray) or on another node
     own = executor is None
-    ex = executor or make_executor(req.executor, jobs=req.jobs, address=req.address,
-                                   threads_per_job=req.threads_per_job, gpus_per_job=req.gpus_per_job,
-                                   env=_job_env())
+    ex = executor or options.make(req)
     try:
-        _check_tracking_shared(ex, req.results_dir)
+        options.check_tracking_shared(ex, req.results_dir)
         plans = [_plan(req, name, strategy, point) for strategy in req.strategies for point in points]
         tracker = _tracker(req.results_dir) if any(p.summary for p in plans) else None
-        if tracker is not None:
+        if tracker is not None and not req.grid.empty:
             _tag_parents(tracker, name, plans)
-        jobs = _jobs(req, name, plans, tracker)
+        jobs = _jobs(req, plans, tracker)
         total = len(plans) * len(req.seeds)
         failed = sum(len(req.seeds) for p in plans if p.error)
         progress = SweepProgress(total, ex.slots, already_done=total - len(jobs), already_failed=failed,
@@ -327,22 +338,6 @@ def _absolute(req: SweepRequest) -> SweepRequest:
                                cache=str(Path(req.cache).expanduser().resolve()) if req.cache else None)
 
 
-def _job_env() -> dict[str, str]:
-    """The driver's MLflow settings travel with every job (a Ray node has its own environment)."""
-    keep = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-            "MLFLOW_ENABLE_ASYNC_LOGGING")
-    return {k: os.environ[k] for k in keep if k in os.environ}
-
-
-def _check_tracking_shared(ex: Any, results_dir: str) -> None:
-    from avbench.tracking import tracking_uri
-
-    uri = tracking_uri(results_dir)
-    if ex.multi_node and uri.startswith(("sqlite:", "file:")):
-        raise UserError(f"the Ray cluster has several nodes but MLflow is {uri}, a file on this machine; "
-                        "start a tracking server (mlflow server ...) and set MLFLOW_TRACKING_URI=http://HOST:PORT")
-
-
 def run_seed(rr: Any) -> dict[str, Any]:
     """A job: one (point, seed) through ``runner.run``; returns that seed's record (picklable)."""
     from avbench import runner
@@ -353,15 +348,22 @@ def run_seed(rr: Any) -> dict[str, Any]:
             "metrics": {k: float(v) for k, v in s["metrics"].items()}, "parent_run_id": summary["parent_run_id"]}
 
 
-def _request(req: SweepRequest, name: str, strategy: str, point: dict[str, str], tag_value: str,
-             seeds: list[int]) -> Any:
+def _request(req: SweepRequest, name: str, strategy: str, point: dict[str, str], tag_value: str) -> Any:
+    """The point's RunRequest (no seeds yet). A grid-less sweep's is exactly ``avbench run``'s (no sweep
+    tags, so the same run name and a main row); ``--tuned`` goes under ``--set`` and the point."""
     from avbench import runner
 
-    return runner.RunRequest(
-        strategy=strategy, dataset=req.dataset, cache=req.cache, seeds=seeds, epochs=req.epochs,
+    tags = {} if req.grid.empty else {TAG_CREATED_BY: f"sweep:{name}", TAG_SWEEP_PREFIX + name: tag_value}
+    rr = runner.RunRequest(
+        strategy=strategy, dataset=req.dataset, cache=req.cache, seeds=[], epochs=req.epochs,
         overrides={**req.overrides, **point}, results_dir=req.results_dir, device=req.device,
         cache_root=req.cache_root, progress=False, skip_finished=True, save_model=req.save_model,
-        recipe_name=req.recipe_name, preset=req.preset, extra_tags={TAG_CREATED_BY: f"sweep:{name}", TAG_SWEEP_PREFIX + name: tag_value})
+        recipe_name=req.recipe_name, preset=req.preset, extra_tags=tags)
+    if req.tuned:
+        from avbench.tune import apply_tuned
+
+        rr = apply_tuned(rr, "auto")
+    return rr
 
 
 def _plan(req: SweepRequest, name: str, strategy: str, point: dict[str, str]) -> _Plan:
@@ -371,7 +373,8 @@ def _plan(req: SweepRequest, name: str, strategy: str, point: dict[str, str]) ->
     tag_value = json.dumps({"point": point, "x": req.grid.x_key, "axes": req.grid.swept_keys}, sort_keys=True)
     plan = _Plan(strategy, point, tag_value)
     try:
-        plan.summary = runner.run(_request(req, name, strategy, point, tag_value, []))
+        plan.base = _request(req, name, strategy, point, tag_value)
+        plan.summary = runner.run(plan.base)
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 -- one bad point must not stop the sweep
@@ -381,7 +384,7 @@ def _plan(req: SweepRequest, name: str, strategy: str, point: dict[str, str]) ->
     return plan
 
 
-def _jobs(req: SweepRequest, name: str, plans: list[_Plan], tracker: Any) -> list[Any]:
+def _jobs(req: SweepRequest, plans: list[_Plan], tracker: Any) -> list[Any]:
     """One job per seed without a finished child; finished seeds are recorded as skipped."""
     from avbench.executor import Job
     from avbench.tracking import metric_name
@@ -398,9 +401,9 @@ def _jobs(req: SweepRequest, name: str, plans: list[_Plan], tracker: Any) -> lis
                 plan.seeds[seed] = SeedResult(seed, "skipped", done.info.run_id,
                                               {metric_name(k): v for k, v in done.data.metrics.items()})
                 continue
-            rr = _request(req, name, plan.strategy, plan.point, plan.tag_value, [seed])
+            rr = dataclasses.replace(plan.base, seeds=[seed])
             jobs.append(Job(key=f"{i}:{seed}", fn=run_seed, args=(rr,),
-                            label=f"{plan.strategy} {format_point(plan.point)} seed {seed}"))
+                            label=" ".join(filter(None, (plan.strategy, format_point(plan.point), f"seed {seed}")))))
     return jobs
 
 

@@ -18,6 +18,13 @@ every strategy or one per strategy name. Trials train with a step-defined cosine
 per strategy (kind "tune"/"trial", so tables and reports never mistake them for results). The best
 configuration is written to ``<results>/tuned/<dataset>-<cache key>/<strategy>.json`` and ``.yaml``:
 ``avbench run --tuned`` finds it, ``avbench run --config FILE.yaml`` reads it.
+
+Trials run on the executor (``--executor local|ray``, ``--jobs N``; avbench/tune_executor.py): a
+strategy's trials stay sequential (trial k+1 is asked only after trial k is told), and trials of
+different strategies run at once. Each study then sees the same history whatever the executor, so the
+tuned result does not depend on ``--jobs`` (given the same threads per job). ``--prune`` needs the
+trial's validation curve reported into the study while it trains, which a job in another process
+cannot do, so pruned tuning runs in this process, one trial at a time.
 """
 
 from __future__ import annotations
@@ -61,6 +68,12 @@ class TuneRequest:
     cache_root: str | None = None
     device: str = "cpu"
     progress: bool = True
+    skip_tuned: bool = False  # a strategy with a stored tuned configuration for this cache is not tuned again
+    executor: str = "local"
+    jobs: int | None = None  # local: concurrent trials (default 1)
+    address: str | None = None  # ray: cluster address (default: start a local one)
+    threads_per_job: int | None = None  # local default: usable cores // jobs; ray default: 1
+    gpus_per_job: float = 0.0
 
 
 # --- search spaces ------------------------------------------------------------------------------
@@ -138,14 +151,24 @@ def step_cap(recipe: Any, cache: Any) -> int:
     return max(1, recipe.epochs * max(1, per_epoch))
 
 
-def tune(req: TuneRequest) -> dict[str, Any]:
-    """Tune every strategy with the same budget; returns ``{"strategies": {name: result}, ...}``."""
-    from avbench import runner
-
+def check_request(req: TuneRequest) -> None:
+    """Mistakes in the request itself, before any cache is opened."""
     if req.budget < 1:
         raise UserError("--budget must be at least 1 trial")
     if len(set(req.strategies)) != len(req.strategies) or not req.strategies:
         raise UserError("--strategy needs one or more distinct names")
+    if req.prune and (req.executor != "local" or (req.jobs or 1) > 1):
+        raise UserError("--prune runs trials in this process (the pruner reads each trial's validation curve "
+                        "while it trains), so it takes neither --jobs above 1 nor --executor ray")
+
+
+def tune(req: TuneRequest) -> dict[str, Any]:
+    """Tune every strategy with the same budget; returns ``{"strategies": {name: result}, "failed": {...}}``.
+
+    A strategy whose trials all failed is listed under "failed" (the others are still tuned)."""
+    from avbench import runner
+
+    check_request(req)
     overrides = {**FIXED, **req.overrides}
     files = load_space_file(req.space_file, req.strategies) if req.space_file else {}
     resolved = {}
@@ -160,12 +183,44 @@ def tune(req: TuneRequest) -> dict[str, Any]:
         for key in space:  # a key the strategy, recipe or dataset does not have fails now, not in trial 3
             runner.split_overrides({key: "0"}, {f.name for f in dataclasses.fields(r.strategy_cls.Config)},
                                    {f.name for f in dataclasses.fields(type(r.recipe))}, set())
-    out = {"budget": {"trials": req.budget, "max_steps_per_trial": cap, "seeds": req.seeds,
-                      "sampler": f"TPE seed {req.sampler_seed}", "pruning": req.prune},
-           "strategies": {}}
+    out: dict[str, Any] = {"budget": {"trials": req.budget, "max_steps_per_trial": cap, "seeds": req.seeds,
+                                      "sampler": f"TPE seed {req.sampler_seed}", "pruning": req.prune},
+                           "strategies": {}, "failed": {}}
+    todo = []
     for s in req.strategies:
-        out["strategies"][s] = tune_one(req, s, overrides, spaces[s][0], spaces[s][1], cap)
+        stored = _stored(req, resolved[s]) if req.skip_tuned else None
+        if stored is not None:
+            out["strategies"][s] = stored
+        else:
+            todo.append(s)
+    if req.prune:
+        for s in todo:
+            try:
+                out["strategies"][s] = tune_one(req, s, overrides, spaces[s][0], spaces[s][1], cap)
+            except UserError as e:
+                out["failed"][s] = str(e)
+    elif todo:
+        from avbench import tune_executor
+
+        tuned, failed = tune_executor.tune_all(req, todo, overrides, {s: spaces[s] for s in todo}, cap)
+        out["strategies"].update(tuned)
+        out["failed"].update(failed)
+    out["strategies"] = {s: out["strategies"][s] for s in req.strategies if s in out["strategies"]}
     return out
+
+
+def _stored(req: TuneRequest, r: Any) -> dict[str, Any] | None:
+    """The tuned result already stored for this strategy and cache (``--skip-tuned``), or None."""
+    path = tuned_dir(req.results_dir, r.dataset, r.cache.manifest.key) / f"{r.strategy_cls.name}.json"
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        log.warning("%s is not valid JSON: tuning %s again", path, r.strategy_cls.name)
+        return None
+    log.info("tuned already: %s (%s)", r.strategy_cls.name, path)
+    return {**result, "skipped": True, "files": [str(path), str(path.with_suffix(".yaml"))]}
 
 
 def _run_request(req: TuneRequest, strategy: str, overrides: dict[str, str]) -> Any:
@@ -178,28 +233,14 @@ def _run_request(req: TuneRequest, strategy: str, overrides: dict[str, str]) -> 
 
 def tune_one(req: TuneRequest, strategy: str, overrides: dict[str, str], space: Mapping[str, Any],
              dists: Mapping[str, Any], cap: int) -> dict[str, Any]:
-    import optuna
-
-    from avbench import config as cfgmod
+    """In this process (``--prune``): ``study.optimize`` over the strategy's trials, one after another."""
     from avbench import runner
-    from avbench.tracking import TAG_KIND, TAG_STRATEGY, Tracker
+    from avbench.tracking import Tracker
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     r0 = runner.resolve(_run_request(req, strategy, overrides))
-    key = r0.cache.manifest.key
     tracker = Tracker(req.results_dir)
-    group = cfgmod.config_hash({"tune": strategy, "cache": key, "space": json.dumps(space, sort_keys=True, default=str)},
-                               overrides, {"budget": req.budget, "cap": cap, "seeds": req.seeds,
-                                           "sampler": req.sampler_seed, "prune": req.prune})
-    parent = tracker.parent_run(r0.dataset, f"tune-{group}", f"tune-{r0.strategy_cls.name}",
-                                {"strategy": r0.strategy_cls.name, "cache_key": key, "budget_trials": req.budget,
-                                 "max_steps_per_trial": cap, "seeds": req.seeds, "space": space,
-                                 "sampler_seed": req.sampler_seed, "pruning": req.prune,
-                                 **{f"fixed.{k}": v for k, v in overrides.items()}},
-                                {TAG_KIND: "tune", TAG_STRATEGY: r0.strategy_cls.name})
-    sampler = optuna.samplers.TPESampler(seed=req.sampler_seed)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if req.prune else optuna.pruners.NopPruner()
-    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    parent = tuning_parent(req, strategy, r0, tracker, overrides, space, cap)
+    study = new_study(req)
     trials: list[dict[str, Any]] = []
 
     def objective(trial: Any) -> float:
@@ -210,9 +251,49 @@ def tune_one(req: TuneRequest, strategy: str, overrides: dict[str, str], space: 
         return record["value"]
 
     study.optimize(objective, n_trials=req.budget, catch=(RuntimeError, ValueError, FloatingPointError))
+    return conclude(req, r0, study, trials, tracker, parent, overrides, space, cap)
+
+
+def tuning_parent(req: TuneRequest, strategy: str, r0: Any, tracker: Any, overrides: dict[str, str],
+                  space: Mapping[str, Any], cap: int) -> str:
+    """The strategy's MLflow parent of kind "tune" (found again by its group, so a rerun joins it)."""
+    from avbench import config as cfgmod
+    from avbench.tracking import TAG_KIND, TAG_STRATEGY
+
+    key = r0.cache.manifest.key
+    group = cfgmod.config_hash({"tune": strategy, "cache": key, "space": json.dumps(space, sort_keys=True, default=str)},
+                               overrides, {"budget": req.budget, "cap": cap, "seeds": req.seeds,
+                                           "sampler": req.sampler_seed, "prune": req.prune})
+    parent = tracker.parent_run(r0.dataset, f"tune-{group}", f"tune-{r0.strategy_cls.name}",
+                                {"strategy": r0.strategy_cls.name, "cache_key": key, "budget_trials": req.budget,
+                                 "max_steps_per_trial": cap, "seeds": req.seeds, "space": space,
+                                 "sampler_seed": req.sampler_seed, "pruning": req.prune,
+                                 **{f"fixed.{k}": v for k, v in overrides.items()}},
+                                {TAG_KIND: "tune", TAG_STRATEGY: r0.strategy_cls.name})
+    return parent
+
+
+def new_study(req: TuneRequest) -> Any:
+    """One strategy's study: the seeded TPE sampler every strategy shares, median pruning with --prune."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=req.sampler_seed)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if req.prune else optuna.pruners.NopPruner()
+    return optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+
+
+def conclude(req: TuneRequest, r0: Any, study: Any, trials: list[dict[str, Any]], tracker: Any, parent: str,
+             overrides: dict[str, str], space: Mapping[str, Any], cap: int) -> dict[str, Any]:
+    """The best trial as the stored result (json + yaml) and on the tuning parent; UserError if none finished."""
+    import optuna
+
+    key = r0.cache.manifest.key
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
-        raise UserError(f"tune {strategy}: no trial finished (see the trial runs under MLflow parent {parent})")
+        raise UserError(f"tune {r0.strategy_cls.name}: no trial finished "
+                        f"(see the trial runs under MLflow parent {parent})")
+    trials = sorted(trials, key=lambda t: t["number"])
     best = study.best_trial
     result = {"strategy": r0.strategy_cls.name, "dataset": r0.dataset, "cache_key": key,
               "cache": str(r0.cache.root), "metric": trials[0].get("metric", ""), "value": best.value,
@@ -233,7 +314,29 @@ def tune_one(req: TuneRequest, strategy: str, overrides: dict[str, str], space: 
 
 def run_trial(req: TuneRequest, strategy: str, overrides: dict[str, str], trial: Any, tracker: Any,
               parent: str) -> dict[str, Any]:
-    """Train the trial's configuration on every tuning seed; score it on the validation split."""
+    """In this process (``--prune``): one trial, its validation curve reported into the study."""
+    record = trial_record(req, strategy, overrides, trial.number, dict(trial.params), tracker, parent,
+                          callback=_pruning_callback(trial) if req.prune else None)
+    if req.progress:
+        log.info("tune %s trial %d: val %s %.4f (%d steps) %s", strategy, trial.number, record["metric"],
+                 record["value"], record["steps"], {k: overrides[k] for k in trial.params})
+    return record
+
+
+def trial_job(req: TuneRequest, strategy: str, overrides: dict[str, str], number: int, params: dict[str, Any],
+              parent: str) -> dict[str, Any]:
+    """A job on the executor (module level, plain arguments, so it pickles): one trial, in a worker."""
+    from avbench.tracking import Tracker
+
+    return trial_record(req, strategy, overrides, number, params, Tracker(req.results_dir), parent)
+
+
+def trial_record(req: TuneRequest, strategy: str, overrides: dict[str, str], number: int, params: dict[str, Any],
+                 tracker: Any, parent: str, callback: Any = None) -> dict[str, Any]:
+    """Train the trial's configuration on every tuning seed (the fit rows); score it on the validation split.
+
+    The trial is an MLflow child of the tuning parent; it ends FAILED if training raises, KILLED if it
+    is interrupted (Ctrl-C, a cancelled job) or pruned."""
     import numpy as np
     import optuna
 
@@ -243,8 +346,8 @@ def run_trial(req: TuneRequest, strategy: str, overrides: dict[str, str], trial:
 
     r = runner.resolve(_run_request(req, strategy, overrides))
     recipe = dataclasses.replace(r.recipe, eval_every_epoch=False, validation="holdout")
-    child = tracker.start_child(parent, trial.number, f"{r.strategy_cls.name}-trial{trial.number}",
-                                {**trial.params, "trial": trial.number}, {TAG_KIND: "trial"})
+    child = tracker.start_child(parent, number, f"{r.strategy_cls.name}-trial{number}",
+                                {**params, "trial": number}, {TAG_KIND: "trial"})
     values, steps, curves, metric = [], 0, [], ""
     try:
         for i, seed in enumerate(req.seeds):
@@ -252,15 +355,15 @@ def run_trial(req: TuneRequest, strategy: str, overrides: dict[str, str], trial:
             model = r.strategy_cls(r.strategy_cfg, r.cache.features, r.cache.task)
             engine = Engine(model, r.cache, recipe, seed=seed, device=req.device, progress=False,
                             evaluate_on="val")
-            if req.prune and i == 0:
-                engine.validator.callback = _pruning_callback(trial)
+            if callback is not None and i == 0:
+                engine.validator.callback = callback
             fit = engine.fit()
             metric = fit.validation.get("metric") or next(iter(fit.final.metrics))
             values.append(float(fit.final.metrics[metric]))
             steps += int(fit.validation.get("steps", 0))
             curves.append({"seed": seed, "converged": fit.validation.get("converged"),
                            "curve": fit.validation.get("curve", [])})
-    except optuna.TrialPruned:
+    except (optuna.TrialPruned, KeyboardInterrupt):
         tracker.finish(child, "KILLED")
         raise
     except BaseException:
@@ -270,9 +373,6 @@ def run_trial(req: TuneRequest, strategy: str, overrides: dict[str, str], trial:
     tracker.log_metrics(child, {f"val/{metric}": value, "steps": steps})
     tracker.log_json(child, "trial.json", {"overrides": overrides, "values": values, "validation": curves})
     tracker.finish(child)
-    if req.progress:
-        log.info("tune %s trial %d: val %s %.4f (%d steps) %s", r.strategy_cls.name, trial.number, metric,
-                 value, steps, {k: overrides[k] for k in trial.params})
     return {"value": value, "values": values, "metric": metric, "steps": steps, "run_id": child,
             "converged": all(c["converged"] for c in curves)}
 
@@ -351,5 +451,6 @@ def apply_tuned(req: Any, which: str) -> Any:
         over = {k: v for k, v in tuned["overrides"].items() if not k.startswith("data.")}
     except (json.JSONDecodeError, KeyError, AttributeError) as e:
         raise UserError(f"--tuned {path}: not a tuned configuration ({e})") from None
+    # The tag names the file absolutely, so run and sweep (which resolves --results-dir) record the same.
     return dataclasses.replace(req, overrides={**over, **req.overrides},
-                               extra_tags={**req.extra_tags, "avbench.tuned": str(path)})
+                               extra_tags={**req.extra_tags, "avbench.tuned": str(path.resolve())})

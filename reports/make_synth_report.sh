@@ -11,9 +11,11 @@
 # Sized for about an hour on a quiet 2-core CPU with JOBS=2 (one thread per job); see README "Reports"
 # for how that was estimated. 960 training clips (96 of them held out for validation while tuning),
 # 480 test clips, the card's widths (embed_dim 128), batch 48 (18 steps per epoch on the 864 tuning
-# clips). Deterministic up to the timing columns (and the two plots drawn from them), given JOBS. The
-# script resumes: a strategy with a stored tuned configuration is not tuned again, finished seeds and
-# recorded analyses are skipped; delete $RESULTS to start from scratch.
+# clips). Deterministic up to the timing columns (and the two plots drawn from them), whatever JOBS:
+# every training is a job of one thread on the executor (README "Many trainings at once"), and each
+# strategy's tuning trials run one after another. The script resumes: a strategy with a stored tuned
+# configuration is not tuned again (--skip-tuned), finished seeds and recorded analyses are skipped;
+# delete $RESULTS to start from scratch.
 #
 #   reports/make_synth_report.sh                      # results in results/synth-report
 #   RESULTS=/tmp/r OUT=/tmp/report JOBS=2 BUDGET=16 MAX_STEPS=540 reports/make_synth_report.sh
@@ -25,37 +27,36 @@ PYTHON="${PYTHON:-python}"
 RESULTS="${RESULTS:-results/synth-report}"
 OUT="${OUT:-reports/synth}"
 SEEDS="${SEEDS:-0,1,2}"
-JOBS="${JOBS:-2}"              # processes at once (tuning, final runs, sweep points)
+JOBS="${JOBS:-2}"              # jobs at once on the executor (tuning trials, final runs, sweep points)
 BUDGET="${BUDGET:-16}"         # tuning trials per strategy (Optuna's TPE starts after 10 random ones)
 MAX_STEPS="${MAX_STEPS:-540}"  # per-trial step budget: 30 epochs of the tuning rows
-STRATEGIES="${STRATEGIES:-uavm independent cross_attention event_layers late_fusion naive_av sum film gated mbt vq_codes}"
+# Slowest first: the executor gives a free slot to the first idle strategy in this order, so the quick
+# pooled heads fill the gaps at the end instead of one slow strategy's trials running alone.
+STRATEGIES="${STRATEGIES:-cross_attention vq_codes uavm independent mbt event_layers film gated naive_av late_fusion sum}"
 # One thread per process: on a small shared CPU, two threads fighting other processes are far slower.
+# The executor (tune, sweep) divides the cores between its JOBS itself (--threads-per-job 1), so this
+# limit is lifted for those commands (env -u), else JOBS jobs would not fit in one usable core.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-export AVBENCH RESULTS SEEDS BUDGET MAX_STEPS PYTHON
+ON_EXECUTOR=(env -u OMP_NUM_THREADS "$AVBENCH")
+EXECUTOR=(--jobs "$JOBS" --threads-per-job 1)
+read -r -a STRATEGY_LIST <<<"$STRATEGIES"
+STRATEGY_CSV="$(IFS=,; echo "${STRATEGY_LIST[*]}")"
 
 DATA=(--dataset synth --set "data.train_clips=${TRAIN_CLIPS:-960}" --set "data.test_clips=${TEST_CLIPS:-480}")
-export DATA_FLAGS="${DATA[*]}"
 
-# 1. Tuning: one process per strategy, JOBS at a time. Every strategy gets the same flags; the step
-#    budget is given explicitly so it is identical whichever strategy's recipe would set it.
-tune_one() {
-  local s="$1"
-  if ls "$RESULTS"/tuned/synth-*/"$s".json >/dev/null 2>&1; then echo "tuned already: $s"; return 0; fi
-  # shellcheck disable=SC2086
-  "$AVBENCH" tune --strategy "$s" $DATA_FLAGS --budget "$BUDGET" --max-steps "$MAX_STEPS" \
-    --results-dir "$RESULTS" --no-progress -q || echo "tuning failed: $s (listed in the report's missing pieces)"
-}
-# 2. Final runs: the tuned configuration on the whole training split, 3 seeds, tested.
-final_one() {
-  local s="$1"
-  # shellcheck disable=SC2086
-  "$AVBENCH" run --strategy "$s" $DATA_FLAGS --tuned --seeds "$SEEDS" --results-dir "$RESULTS" \
-    --set train.validation=train-on-all --set train.eval_every_epoch=false --no-progress --skip-finished \
-    || echo "final runs failed: $s"
-}
-export -f tune_one final_one
-printf '%s\n' $STRATEGIES | xargs -P "$JOBS" -I{} bash -c 'tune_one {}'
-printf '%s\n' $STRATEGIES | xargs -P "$JOBS" -I{} bash -c 'final_one {}'
+# 1. Tuning: one avbench tune for every strategy, JOBS trials at a time (trials of different strategies
+#    at once, each strategy's one after another, so the result does not depend on JOBS). Every strategy
+#    gets the same flags; the step budget is given explicitly so it is identical whichever strategy's
+#    recipe would set it. --skip-tuned leaves out strategies tuned by an earlier, interrupted run.
+"${ON_EXECUTOR[@]}" tune --strategy "$STRATEGY_CSV" "${DATA[@]}" --budget "$BUDGET" --max-steps "$MAX_STEPS" \
+  --results-dir "$RESULTS" --skip-tuned --no-progress -q "${EXECUTOR[@]}" \
+  || echo "tuning failed for some strategies (listed above and in the report's missing pieces)"
+# 2. Final runs: each tuned configuration on the whole training split, every seed, tested: a sweep
+#    without a grid, so every (strategy, seed) is one job and the records are avbench run's (main rows).
+#    Finished seeds are skipped; a strategy without a tuned configuration fails alone.
+"${ON_EXECUTOR[@]}" sweep --strategy "$STRATEGY_CSV" "${DATA[@]}" --tuned --seeds "$SEEDS" --results-dir "$RESULTS" \
+  --set train.validation=train-on-all --set train.eval_every_epoch=false --no-progress "${EXECUTOR[@]}" \
+  || echo "final runs failed for some strategies (listed above)"
 
 # 3. UAVM Fig. 2 at CPU widths, at the tuned UAVM configuration: shared width S_dim, and N_s shared
 #    layers with N + N_s = 6. A failed point is listed at the end of its command and in the report.
@@ -68,12 +69,10 @@ if path:
             print(f"--set\n{k}={v}")
 EOF
 )
-#    The sweep's executor divides the cores between its JOBS itself (one thread each), so the one-
-#    thread limit above is lifted for it.
-SWEEP=("${DATA[@]}" --seeds "$SEEDS" --results-dir "$RESULTS" --no-progress --jobs "$JOBS" --threads-per-job 1
+SWEEP=("${DATA[@]}" --seeds "$SEEDS" --results-dir "$RESULTS" --no-progress "${EXECUTOR[@]}"
        ${UAVM_SETS[@]+"${UAVM_SETS[@]}"} --set train.validation=train-on-all --set train.eval_every_epoch=false)
-env -u OMP_NUM_THREADS "$AVBENCH" sweep --strategy uavm --name s_dim --grid "s_dim=16,32,64,128" "${SWEEP[@]}" || true
-env -u OMP_NUM_THREADS "$AVBENCH" sweep --strategy uavm --name n_shared --grid "n_shared=0,3,6" --tie "n_specific=6-n_shared" \
+"${ON_EXECUTOR[@]}" sweep --strategy uavm --name s_dim --grid "s_dim=16,32,64,128" "${SWEEP[@]}" || true
+"${ON_EXECUTOR[@]}" sweep --strategy uavm --name n_shared --grid "n_shared=0,3,6" --tie "n_specific=6-n_shared" \
   "${SWEEP[@]}" || true
 
 # 4. Analyses: probe, retrieval, attention difference and event types on every seed (sweep points

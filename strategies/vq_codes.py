@@ -299,6 +299,16 @@ class VQCodes(Strategy):
         self._diag = self._empty_diag()
         self._pending: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
 
+    @classmethod
+    def search_space(cls, recipe: Any) -> dict[str, dict[str, Any]]:
+        """The shared default (``train.lr``, which drives the downstream decoder unless ``downstream_lr``
+        is set, weight decay, run length) plus the pretraining lr on its own: the unlabelled stage is
+        a different problem from training a linear decoder (the paper uses 4e-4 and 2.5e-4), and the
+        encoder collapses at too high a rate (issue 18), so one shared lr would tie the two."""
+        from avbench.tune import default_space
+
+        return {**default_space(recipe), "pretrain_lr": {"type": "float", "low": 1e-4, "high": 2e-3, "log": True}}
+
     # --- checks -------------------------------------------------------------------------------
     @classmethod
     def check_compatible(cls, cfg: VQCodesConfig, features: FeatureSpec, task: TaskSpec) -> None:

@@ -40,3 +40,19 @@ def test_a_type_without_its_head_is_not_scored():
     rep = event_type_analysis(heads, classes, ["a", "b"], types, EVENT_TYPES)
     assert rep.class_match["classes"] == 1 and rep.class_match["fraction"] == 1.0
     assert rep.class_match["per_class"]["b"]["match"] is None
+
+
+def test_the_report_states_the_class_match_per_seed_and_on_average():
+    from avbench.report.document import class_match_line
+
+    t = {name: i for i, name in enumerate(EVENT_TYPES)}
+    classes = np.array([0, 0, 1, 1])
+    types = np.array([t["continuous"]] * 2 + [t["rhythmic"]] * 2)
+    seeds = [event_type_analysis(_logits(w, classes, 2), classes, ["a", "b"], types, EVENT_TYPES,
+                                 heads=HEADS).to_dict()
+             for w in (["continuous", "continuous", "onset", "onset"],      # both classes matched
+                       ["continuous", "continuous", "instant", "instant"])]  # class b missed
+    line = class_match_line(seeds)
+    assert line.startswith("Classes voted to the head of their true dominant event type: 2/2 (100.0%) on the first")
+    assert "75.0% on average over 2 seeds" in line and "chance 20.0%" in line
+    assert class_match_line([{"class_match": None}]) == ""

@@ -22,6 +22,13 @@ def test_t_interval_over_seeds_on_known_values():
     assert math.isnan(mean_std_ci([0.5])["ci_low"])
 
 
+def test_converged_counts_from_the_mean_of_the_0_1_flag():
+    from avbench.report.document import _converged, converged_count
+
+    assert converged_count(mean_std_ci([1.0, 0.0, 1.0])) == (2, 3) and _converged(mean_std_ci([1.0, 0.0, 1.0])) == "2/3 ⚠"
+    assert _converged(mean_std_ci([1.0, 1.0])) == "2/2" and _converged(None) == "-"
+
+
 def test_ci_overlap_on_known_intervals():
     a = mean_std_ci([0.80, 0.81, 0.82])  # 0.785 .. 0.835
     b = mean_std_ci([0.90, 0.91, 0.92])
@@ -210,6 +217,18 @@ def test_report_has_table_marks_plots_and_lists_what_is_missing(results, tmp_pat
     # The marks are explained, and pairwise matrices use them.
     assert "★ is the column's best row" in md and "≫ / ≪" in md and "seed-matched paired bootstrap" in md
     assert "Holm's step-down method" in md and "at most 5% per table column" in md
+    # The converged column counts each row's seeds whose 0/1 `converged` metric is 1, as MLflow holds it.
+    from avbench.tracking import Tracker
+
+    tr = Tracker(results)
+    conv = head.index("converged")
+    for name in ("uavm", "late_fusion"):
+        (parent,) = _parents(results, name, sweep=False)
+        flags = [c.data.metrics["converged"] for c in tr.children(parent)]
+        want = f"{int(sum(flags))}/{len(flags)}" + ("" if all(flags) else " ⚠")
+        assert by_name[name][conv] == want, (name, flags)
+        assert (f"{name}: {len(flags) - int(sum(flags))} of {len(flags)} seed(s) not converged" in md) != all(flags)
+    assert "### Convergence" in md and "still rose over its last 20% of steps" in md
     pair = _table(md, "| row vs column")
     assert all(c in {"", "≫", "≪", ">", "<", "=", "n/a"} for r in pair[1:] for c in r[1:])
     assert "Sweep points" in md and "Sweep `s_dim`" in md

@@ -270,3 +270,58 @@ def test_ctrl_c_marks_running_jobs_killed_and_a_rerun_resumes(boom, tmp_path):
     # closed its MLflow run as KILLED is sent by the rerun into that same run, not trained again)
     assert len(final) <= len(first) + (4 - len(finished_first))
     assert {st for *_, st, _ in final} <= {"FINISHED", "KILLED"} and len(killed) <= 2
+
+
+# --- a sweep without a grid: the final runs of a tuned comparison, recorded as avbench run records them ---
+def _write_tuned(results, sets):
+    """A stored tuned configuration for sum on the tiny cache, as avbench tune writes it."""
+    from avbench import runner, tune
+
+    r = runner.resolve(runner.RunRequest(strategy="sum", dataset="synth", overrides=sets, progress=False))
+    tuned = {"strategy": "sum", "dataset": "synth", "cache_key": r.cache.manifest.key, "metric": "fusion/acc",
+             "value": 0.5, "budget": {"trials": 1},
+             "overrides": {"train.schedule": "cosine", "train.lr": "0.00123", "train.max_steps": "5"}}
+    tune.write_tuned(results, tune.TuneRequest(strategies=["sum"], dataset="synth"), tuned)
+
+
+def _parents(results):
+    from avbench.report.table import collect_rows
+    from avbench.tracking import Tracker
+
+    tr = Tracker(results)
+    rows = collect_rows(tr, "synth")
+    return tr, rows, [tr.client.get_run(r.parent_run_id) for r in rows]
+
+
+@pytest.mark.slow
+def test_a_gridless_tuned_sweep_records_what_run_tuned_records(tmp_path):
+    sets = dict(s.split("=", 1) for s in TINY_SETS)
+    flags = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    common = ["--strategy", "sum", "--dataset", "synth", "--tuned", "--no-progress", "--no-save-model", *flags]
+    swept, ran = tmp_path / "swept", tmp_path / "ran"
+    for rd in (swept, ran):
+        _write_tuned(rd, sets)
+    assert main(["sweep", *common, "--seeds", "0", "--results-dir", str(swept)]) == 0
+    assert main(["run", *common, "--seeds", "0", "--results-dir", str(ran)]) == 0
+
+    (_, rows_s, (ps,)), (_, rows_r, (pr,)) = _parents(swept), _parents(ran)
+    assert ps.data.params["train.lr"] == "0.00123" and ps.data.params["train.max_steps"] == "5"  # the tuned config
+    assert ps.info.run_name == pr.info.run_name == "sum"
+    assert [(r.name, r.strategy, r.config, r.protocol, r.seeds) for r in rows_s] == \
+        [(r.name, r.strategy, r.config, r.protocol, r.seeds) for r in rows_r]
+    same = {k: v for k, v in pr.data.params.items() if k != "cache"}
+    assert {k: v for k, v in ps.data.params.items() if k != "cache"} == same
+    volatile = ("avbench.process", "mlflow.source", "mlflow.user", "avbench.tuned")
+    keys = {k for k in pr.data.tags if not k.startswith(volatile)}
+    assert {k for k in ps.data.tags if not k.startswith(volatile)} == keys
+    assert not [k for k in ps.data.tags if k.startswith(("avbench.sweep.", "avbench.created_by"))]
+    assert ps.data.tags["avbench.tuned"].startswith(str(swept.resolve()))
+
+    # run --skip-finished with the same configuration sees the sweep's seed as finished: nothing trains.
+    n = _runs(swept)
+    out = tmp_path / "rerun.json"
+    assert main(["run", *common, "--seeds", "0", "--results-dir", str(swept), "--skip-finished",
+                 "--output-json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["parent_run_id"] == ps.info.run_id and summary["seeds"][0]["skipped"]
+    assert _runs(swept) == n

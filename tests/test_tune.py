@@ -1,6 +1,9 @@
 """avbench tune: the same budget for every strategy, on validation only, and the stored best."""
 
 import json
+import os
+import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +33,9 @@ def test_tune_never_opens_the_test_split_and_gives_every_strategy_the_same_budge
         real(self, root, info)
 
     monkeypatch.setattr(reader.CacheSplit, "__init__", spy)
-    out = tune.tune(_req(tmp_path))
+    # In this process (--prune), so the spy sees every split a trial opens; executor trials run the same
+    # avbench.tune.trial_record in a worker.
+    out = tune.tune(_req(tmp_path, prune=True))
     assert "train" in opened and "test" not in opened
     assert out["budget"]["trials"] == 2 and out["budget"]["max_steps_per_trial"] == 6
     for name, res in out["strategies"].items():
@@ -76,3 +81,82 @@ def test_cli_tune_and_run_tuned(tmp_path, capsys):
     assert summary["recipe"]["schedule"] == "cosine" and 1 <= best["train.max_steps"] <= 4
     assert summary["recipe"]["max_steps"] == best["train.max_steps"] and summary["recipe"]["lr"] == best["train.lr"]
     assert main(["tune", "--strategy", "late_fusion", "--dataset", "synth", "--budget", "0"]) == 2
+
+
+# --- trials on the executor ---------------------------------------------------------------------------
+BOOM = "sweep_plugins:BoomPool"  # tests/sweep_plugins.py: boom=1 raises inside training
+
+
+@pytest.fixture
+def two_cores(monkeypatch):
+    """Two one-thread jobs at once, and the test strategy importable in spawned workers."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 usable cores")
+    d = str(Path(__file__).parent)
+    monkeypatch.syspath_prepend(d)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (d, os.environ.get("PYTHONPATH")) if p))
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+
+
+def _trial_runs(results):
+    """{status: count} of the trial runs in the store."""
+    with sqlite3.connect(results / "mlflow.db") as c:
+        rows = c.execute("select r.status from runs r join tags k on k.run_uuid = r.run_uuid "
+                         "and k.key = 'avbench.kind' and k.value = 'trial'").fetchall()
+    return {st: sum(1 for (x,) in rows if x == st) for st in {x for (x,) in rows}}
+
+
+@pytest.mark.slow
+def test_same_trials_with_one_or_two_jobs_and_skip_tuned_resumes(tmp_path, two_cores):
+    """Each study stays sequential, so --jobs 2 (two strategies at once) tunes exactly as --jobs 1."""
+    space = tmp_path / "space.yaml"  # rates that learn something in 40 steps, so the scores differ
+    space.write_text("train.lr: {type: float, low: 1.0e-2, high: 3.0e-1, log: true}\n")
+    kw = dict(budget=3, max_steps=40, space_file=str(space), threads_per_job=1)
+    seen = {}
+    for jobs in (1, 2):
+        out = tune.tune(_req(tmp_path / f"j{jobs}", jobs=jobs, **kw))
+        assert not out["failed"]
+        seen[jobs] = {s: [(t["number"], t["params"], t["value"]) for t in r["trials"]]
+                      for s, r in out["strategies"].items()}
+    assert sorted(seen[1]) == ["late_fusion", "sum"] and all(len(v) == 3 for v in seen[1].values())
+    assert len({t[2] for v in seen[1].values() for t in v}) > 1  # the trials really differ
+    assert seen[2] == seen[1]
+    # --skip-tuned: both strategies have a stored configuration, nothing trains again.
+    before = _trial_runs(tmp_path / "j2" / "r")
+    again = tune.tune(_req(tmp_path / "j2", jobs=2, skip_tuned=True, **kw))
+    assert all(r["skipped"] for r in again["strategies"].values())
+    assert [(t["number"], t["params"], t["value"]) for t in again["strategies"]["sum"]["trials"]] == seen[2]["sum"]
+    assert _trial_runs(tmp_path / "j2" / "r") == before == {"FINISHED": 6}
+
+
+@pytest.mark.slow
+def test_a_failing_trial_is_reported_and_the_tuning_goes_on(tmp_path, two_cores, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(f"'{BOOM}':\n  boom: {{type: categorical, choices: [0, 1]}}\n"
+                     "late_fusion:\n  train.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n")
+    rd = tmp_path / "r"
+    sets = [a for s in TINY_SETS for a in ("--set", s)]
+    out = tmp_path / "out.json"
+    assert main(["tune", "--strategy", f"{BOOM},late_fusion", "--dataset", "synth", "--budget", "4",
+                 "--max-steps", "4", "--space", str(space), "--results-dir", str(rd), "--no-progress",
+                 "--jobs", "2", "--threads-per-job", "1", "--output-json", str(out), *sets]) == 0
+    printed = capsys.readouterr().out
+    res = json.loads(out.read_text())["strategies"]
+    boom = res[BOOM]
+    failed = boom["failed_trials"]
+    ok = boom["trials"]
+    assert failed and ok and len(failed) + len(ok) == 4  # this sampler seed draws both boom=0 and boom=1
+    assert all(t["params"]["boom"] == 0 for t in ok) and boom["params"]["boom"] == 0
+    assert all("RuntimeError: boom at step 0" in f for f in failed) and "failed trial" in printed
+    assert len(res["late_fusion"]["trials"]) == 4
+    assert _trial_runs(rd) == {"FINISHED": 4 + len(ok), "FAILED": len(failed)}
+
+
+def test_prune_is_refused_with_jobs_or_ray(tmp_path, capsys):
+    base = ["tune", "--strategy", "sum", "--dataset", "synth", "--budget", "1", "--prune",
+            "--results-dir", str(tmp_path / "r")]
+    for extra in (["--jobs", "2"], ["--executor", "ray"]):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert "--prune runs trials in this process" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()

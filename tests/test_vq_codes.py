@@ -675,3 +675,14 @@ def test_vq_codes_learns_above_chance_on_a_small_synth_where_the_public_choices_
     public = _engine_fit(path, input_norm="none", cpc_pred_init="default", ema_features="train",
                          decoder_input="raw", reset_after=200)
     assert public["fusion/acc"] < 0.30, public
+
+
+def test_tuning_searches_the_pretraining_lr_apart_from_the_decoder_lr():
+    from avbench.train.recipe import Recipe
+    from avbench.tune import default_space, distributions
+
+    space = VQCodes.search_space(Recipe(lr=1e-3))
+    assert set(space) == set(default_space(Recipe(lr=1e-3))) | {"pretrain_lr"}
+    d = distributions(space, cap=200, where="vq_codes")
+    assert (d["pretrain_lr"].low, d["pretrain_lr"].high, d["pretrain_lr"].log) == (1e-4, 2e-3, True)
+    assert d["train.lr"].low == pytest.approx(1e-4) and d["train.max_steps"].high == 200

@@ -6,6 +6,10 @@ Axes (``--grid``, repeatable; the points are their Cartesian product)::
     --grid "n_specific,n_shared=6,0;3,3;0,6"            zipped keys: tuples split by ';'
     --grid "n_shared=0,3,6" --tie "n_specific=6-n_shared"   a key derived by arithmetic
 
+Without ``--grid`` each strategy's configuration runs once per seed, recorded exactly as ``avbench
+run`` records it (main rows, not sweep points); with ``--tuned`` each strategy starts from the
+configuration ``avbench tune`` stored (as ``run --tuned``): the final runs of a tuned comparison.
+
 Every (point, seed) is one job. ``--jobs N`` runs N at once on this machine (the cores divided
 between them); ``--executor ray`` spreads them over a Ray cluster (``--address auto``). Finished seeds
 are skipped, so rerunning the same command resumes it, whatever the executor; failed jobs are listed
@@ -25,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--dataset", help="dataset card name")
     src.add_argument("--cache", help="path of a feature cache")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2 | K1,K2=A1,A2;B1,B2",
-                   help="a swept axis; repeatable")
+                   help="a swept axis; repeatable. None: each strategy's configuration once per seed, "
+                        "recorded as avbench run records it")
     p.add_argument("--tie", action="append", default=[], metavar="KEY=EXPR",
                    help="a key computed from swept keys, e.g. n_specific=6-n_shared; repeatable")
     p.add_argument("--seeds", default="0", help="comma-separated integer seeds (default 0)")
@@ -34,6 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="fixed settings for every point (as in avbench run)")
     p.add_argument("--recipe", default="default", help="named recipe for every point (default, reference), before --set")
     p.add_argument("--preset", help="a named configuration of the strategy for every point, before --set and the grid")
+    p.add_argument("--tuned", action="store_true",
+                   help="start each strategy from its stored tuned configuration (avbench tune; as run --tuned); "
+                        "--set and the grid still win")
     p.add_argument("--name", help="sweep name used by the report (default: the swept keys joined by '-')")
     p.add_argument("--results-dir", default="results")
     p.add_argument("--device", default="cpu")
@@ -43,19 +51,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--output-json", help="write every point's status and summary here")
     from avbench import config_file
+    from avbench.executor import options
 
     config_file.add_argument(p)  # --config FILE: the sweep's fields in YAML (avbench/config_file.py)
-    ex = p.add_argument_group("where the jobs run (one job = one point and seed)")
-    ex.add_argument("--executor", choices=("local", "ray"), default="local",
-                    help="local: processes on this machine (default); ray: tasks on a Ray cluster")
-    ex.add_argument("--jobs", type=int, help="local: jobs at once (default 1); the cores are divided between them")
-    ex.add_argument("--address", help="ray: cluster address (auto, HOST:6379, ray://HOST:10001); "
-                                      "default: start a local cluster for this sweep")
-    ex.add_argument("--threads-per-job", type=int,
-                    help="CPU threads of each job (local default: usable cores // --jobs; ray default: 1). "
-                         "Give the same value to compare executors: float results can depend on it")
-    ex.add_argument("--gpus-per-job", type=float, default=0.0,
-                    help="GPUs of each job with --device cuda (ray: fractions such as 0.5 share a GPU)")
+    options.add_arguments(p, "one point and seed")
     p.set_defaults(func=cmd_sweep)
 
 
@@ -68,12 +67,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from avbench import runner
     from avbench import sweep as sw
     from avbench.errors import UserError
+    from avbench.executor import options
     from avbench.report.console import fmt_mean_std
 
     strategies = [s.strip() for s in args.strategy.split(",") if s.strip()]
     if not strategies:
         raise UserError("--strategy is empty")
-    grid = sw.parse_grid(args.grid, args.tie)
+    grid = _grid(args)
     name = sw.check_name(args.name or sw.default_name(grid))
     points = grid.points()
     seeds = runner.parse_seeds(args.seeds)
@@ -87,11 +87,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                           cache=args.cache, epochs=args.epochs, overrides=cfgmod.parse_pairs(args.overrides),
                           results_dir=args.results_dir, device=args.device, name=name, cache_root=args.cache_root,
                           progress=not args.no_progress, save_model=not args.no_save_model,
-                          executor=args.executor, jobs=args.jobs, address=args.address,
-                          threads_per_job=args.threads_per_job, gpus_per_job=args.gpus_per_job,
-                          recipe_name=args.recipe, preset=args.preset)
-    if args.gpus_per_job and not args.device.startswith("cuda"):
-        raise UserError("--gpus-per-job needs --device cuda")
+                          recipe_name=args.recipe, preset=args.preset, tuned=args.tuned, **options.from_args(args))
     results = sw.run_sweep(req)  # prints one line per finished job under a single progress bar
     rows = []
     for r in results:
@@ -114,3 +110,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"  {r.strategy} {sw.format_point(r.point)}: {r.error}")
         return 1
     return 0
+
+
+def _grid(args: argparse.Namespace) -> object:
+    """The axes; none at all is a grid-less sweep (plain runs), which takes no --tie and no --name."""
+    from avbench import sweep as sw
+    from avbench.errors import UserError
+
+    if args.grid:
+        return sw.parse_grid(args.grid, args.tie)
+    if args.tie or args.name:
+        raise UserError(f"{'--tie' if args.tie else '--name'} needs --grid (without one, each strategy's "
+                        "configuration runs once per seed as avbench run would record it)")
+    return sw.Grid([])

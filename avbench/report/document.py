@@ -286,6 +286,24 @@ def _rate(s: dict[str, float] | None) -> str:
     return "-" if not s or not math.isfinite(s.get("mean", float("nan"))) else f"{s['mean']:.0f}"
 
 
+def converged_count(s: dict[str, float] | None) -> tuple[int, int] | None:
+    """``(seeds converged, seeds with a recorded flag)`` from the mean of the 0/1 ``converged`` metric."""
+    if not s or not s.get("n"):
+        return None
+    n = int(s["n"])
+    return int(round(s["mean"] * n)), n
+
+
+def _converged(s: dict[str, float] | None) -> str:
+    got = converged_count(s)
+    return "-" if got is None else f"{got[0]}/{got[1]}" + ("" if got[0] == got[1] else " ⚠")
+
+
+def _converged_json(s: dict[str, float] | None) -> dict[str, int] | None:
+    got = converged_count(s)
+    return None if got is None else {"seeds_converged": got[0], "seeds_flagged": got[1]}
+
+
 def _params(s: dict[str, float] | None) -> str:
     if not s or not math.isfinite(s.get("mean", float("nan"))):
         return "-"
@@ -484,6 +502,7 @@ class _Builder:
                       "pairwise matrices below, the cell in row i, column j compares row i with row j:"))
         self.add(Bullets([f"`{m}`: {t}" for m, t in sig.LEGEND]))
         self.chance_section()
+        self.convergence_section()
         if self.merged:
             self.add(Para("Rows whose resolved configurations are identical (same model after the strategy "
                           "resolves its defaults, same recipe, data, cache and protocol) are shown once:"))
@@ -521,6 +540,26 @@ class _Builder:
             self.add(Bullets(flagged))
             self.missing += [f"not above chance: {f}" for f in flagged]
 
+    def convergence_section(self) -> None:
+        """Which rows stopped while their validation metric was still rising, said in words."""
+        self.add(Heading(3, "Convergence"))
+        self.add(Para("The converged column counts the seeds whose training had converged: each run records its "
+                      "validation mAP at evenly spaced steps, and a run is *not converged* when that metric still "
+                      "rose over its last 20% of steps (least-squares rise above 0.01 and above two standard "
+                      "errors; README \"A fair comparison protocol\"). With `train.validation=train-on-all` the "
+                      "curve is measured on training clips. A row with a seed not converged (⚠) may rank below "
+                      "what its strategy can reach with more steps."))
+        late = []
+        for r in self.shown(self.infos):
+            got = converged_count(r.row.extra.get("converged"))
+            if got is not None and got[0] < got[1]:
+                late.append(f"{r.short} {r.label}: {got[1] - got[0]} of {got[1]} seed(s) not converged")
+        if late:
+            self.add(Bullets(late))
+            self.missing += [f"not converged: {x}" for x in late]
+        else:
+            self.add(Para("Every seed of every row with a recorded validation curve converged."))
+
     def _table(self, rows: list[RowInfo], _title: str) -> None:
         if not rows:
             self.add(Para("(no rows)"))
@@ -537,10 +576,11 @@ class _Builder:
                      for c in COLUMNS]
             body.append([r.short, t.name, config_label(t, [x.row for x in self.infos]) or "default",
                          t.protocol, t.primary, len(r.seeds)] + cells
-                        + [_params(t.extra.get("parameters")), _rate(t.extra.get("train_clips_per_s")),
+                        + [_converged(t.extra.get("converged")), _params(t.extra.get("parameters")),
+                           _rate(t.extra.get("train_clips_per_s")),
                            _rate(t.extra.get("eval_clips_per_s")), r.group])
         self.add(Table(["#", "strategy", "config", "protocol", "metric", "seeds", "Audio", "Video", "Fusion",
-                        "params", "train clips/s", "infer clips/s", "group"], body))
+                        "converged", "params", "train clips/s", "infer clips/s", "group"], body))
 
     def _pairwise(self, rows: list[RowInfo], col: str) -> None:
         for g in comparable_groups(rows):
@@ -813,6 +853,9 @@ class _Builder:
                 self.add(Table(["generating type", "its head", "clips", "match"],
                                [[t, d["head"], d["n"], f"{d['match_rate']:.3f}"] for t, d in tm["by_type"].items()]
                                + [["all", "", tm["n"], f"{tm['overall']:.3f}"]]))
+            line = class_match_line(r.analyses["event-types"])
+            if line:
+                self.add(Para(line))
         self._skipped_list(("event-types",), by_reason=True)
 
     def efficiency(self) -> None:
@@ -859,6 +902,20 @@ class _Builder:
             self.add(Bullets(sorted(dict.fromkeys(self.missing), key=self.missing.index)))
         else:
             self.add(Para("Nothing missing."))
+
+
+def class_match_line(per_seed: list[dict[str, Any]]) -> str:
+    """Paper 003 Table 4's vote scored against synth's truth: the share of classes whose majority head
+    is the head of their true dominant event type, first seed and mean over seeds, with chance."""
+    got = [res["class_match"] for res in per_seed if (res.get("class_match") or {}).get("classes")]
+    if not got:
+        return ""
+    first = got[0]
+    text = (f"Classes voted to the head of their true dominant event type: {first['matched']}/{first['classes']} "
+            f"({100 * first['fraction']:.1f}%) on the first seed")
+    if len(got) > 1:
+        text += f", {100 * float(np.mean([g['fraction'] for g in got])):.1f}% on average over {len(got)} seeds"
+    return text + f"; chance {100 * first['chance']:.1f}% (one of the heads at random)."
 
 
 def _is_number(x: Any) -> bool:
@@ -954,7 +1011,8 @@ def build_report(tracker: Any, dataset: str, out: str | Path, *, n_boot: int | N
     summary = {"dataset": dataset, "rows": [
         {"index": r.index, "strategy": r.row.strategy, "label": r.label, "group": r.group, "protocol": r.row.protocol,
          "seeds": r.seeds, "primary": r.row.primary, "from_sweep": r.from_sweep,
-         "cells": {c: r.row.cells[c] for c in r.row.cells}, "analyses": r.analysis_state} for r in infos],
+         "cells": {c: r.row.cells[c] for c in r.row.cells}, "analyses": r.analysis_state,
+         "converged": _converged_json(r.row.extra.get("converged"))} for r in infos],
         "missing": list(dict.fromkeys(b.missing)), "figures": [str(p.relative_to(out)) for p in b.figures],
         "merged": {str(k): v.index for k, v in b.merged.items()}}
     for row in summary["rows"]:

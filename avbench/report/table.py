@@ -27,7 +27,7 @@ class TableRow:
     protocol: str
     primary: str
     cells: dict[str, dict[str, float]]  # column -> mean_std_ci of the primary metric
-    extra: dict[str, dict[str, float]] = field(default_factory=dict)  # params, throughput
+    extra: dict[str, dict[str, float]] = field(default_factory=dict)  # params, throughput, converged (0/1 per seed)
     seeds: int = 0
     parent_run_id: str = ""
     per_seed: dict[str, dict[int, float]] = field(default_factory=dict)  # column -> seed -> value
@@ -53,7 +53,7 @@ def collect_rows(tracker: Tracker, dataset: str) -> list[TableRow]:
                 cells[col] = mean_std_ci(list(vals.values()))
                 per_seed[col] = vals
         extra = {}
-        for key in ("parameters", "train_clips_per_s", "eval_clips_per_s"):
+        for key in ("parameters", "train_clips_per_s", "eval_clips_per_s", "converged"):
             vals = [c.data.metrics[key] for c in children if key in c.data.metrics]
             if vals:
                 extra[key] = mean_std_ci(vals)

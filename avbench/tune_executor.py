@@ -1,0 +1,181 @@
+"""``avbench tune`` on the executor: every trial is a job, each strategy's study stays sequential.
+
+Why this shape: a TPE study's next suggestion depends on every earlier result, so running trials of
+one study at once would make the tuned configuration depend on ``--jobs`` and on which trial finished
+first. Instead a strategy's trial k+1 is asked only after trial k is told, and the concurrency comes
+from different strategies: up to ``slots`` trials are in flight, at most one per strategy, filled in
+the order the strategies were given. Every study then sees exactly the history it would see alone,
+whatever the executor (given the same threads per job: float results can depend on them).
+
+The driver (this process) creates each strategy's tuning parent and study, asks and tells; a job
+(``avbench.tune.trial_job``) trains on the fit rows, scores the validation split and records its
+trial as an MLflow child. A failed trial is told as FAIL and listed at the end while the tuning goes
+on; Ctrl-C cancels the running trials (their runs end KILLED) and re-raises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from avbench.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Tuning:
+    """One strategy's study, its tuning parent and the trial now in flight (None when idle)."""
+
+    strategy: str
+    resolved: Any
+    study: Any
+    dists: Mapping[str, Any]
+    space: Mapping[str, Any]
+    parent: str
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    asked: int = 0
+    inflight: Any = None
+
+
+def tune_all(req: Any, strategies: list[str], overrides: dict[str, str],
+             spaces: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]], cap: int,
+             executor: Any = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Tune ``strategies`` on the executor; ``({strategy: result}, {strategy: why it has none})``."""
+    from avbench.executor import options
+    from avbench.executor.progress import SweepProgress
+    from avbench.tracking import Tracker
+
+    req = _absolute(req)  # a job may run in another working directory (Ray) or on another node
+    own = executor is None
+    ex = executor or options.make(req)
+    try:
+        options.check_tracking_shared(ex, req.results_dir)
+        tracker = Tracker(req.results_dir)  # the store exists before any worker opens it
+        tunings = [_open(req, s, overrides, spaces[s], cap, tracker) for s in strategies]
+        progress = SweepProgress(req.budget * len(tunings), ex.slots, enabled=req.progress, desc="tune")
+        progress.write(f"{ex.describe()}; {len(tunings)} strateg{'y' if len(tunings) == 1 else 'ies'} x "
+                       f"{req.budget} trial(s), one trial of each strategy at a time")
+        started_ms = int(time.time() * 1000)
+        try:
+            _drive(ex, req, tunings, overrides, progress)
+        except KeyboardInterrupt:
+            progress.write(f"interrupted: cancelling {ex.running()} running trial(s)")
+            ex.cancel()
+            _mark_killed(tracker, tunings, started_ms)
+            raise
+        finally:
+            progress.close()
+        return _conclude_all(req, tunings, tracker, overrides, cap)
+    finally:
+        if own:
+            ex.close()
+
+
+def _absolute(req: Any) -> Any:
+    """Paths as the driver sees them: every job reads the same cache and writes the same results."""
+    from avbench.paths import cache_root
+
+    return dataclasses.replace(req, results_dir=str(Path(req.results_dir).expanduser().resolve()),
+                               cache_root=str(cache_root(req.cache_root).resolve()),
+                               cache=str(Path(req.cache).expanduser().resolve()) if req.cache else None,
+                               space_file=None)  # already read into the spaces
+
+
+def _open(req: Any, strategy: str, overrides: dict[str, str], space: tuple[Mapping[str, Any], Mapping[str, Any]],
+          cap: int, tracker: Any) -> _Tuning:
+    """The strategy's study and MLflow tuning parent, made here so no job races to create them."""
+    from avbench import runner, tune
+
+    r0 = runner.resolve(tune._run_request(req, strategy, overrides))
+    parent = tune.tuning_parent(req, strategy, r0, tracker, overrides, space[0], cap)
+    return _Tuning(strategy, r0, tune.new_study(req), space[1], space[0], parent)
+
+
+def _drive(ex: Any, req: Any, tunings: list[_Tuning], overrides: dict[str, str], progress: Any) -> None:
+    """Keep the slots busy with the next trial of idle strategies; tell each outcome as it arrives."""
+    while True:
+        _fill(ex, req, tunings, overrides)
+        if not ex.outstanding():
+            return
+        for o in ex.wait(timeout=1.0):
+            t = tunings[int(o.key.split(":")[0])]
+            line = _tell(t, o)
+            progress.running = ex.running()
+            progress.finished(o.seconds if o.ok else 0.0, failed=not o.ok,
+                              line=f"[{progress.done + 1}/{progress.total}] {line}")
+        progress.set_running(ex.running())
+
+
+def _fill(ex: Any, req: Any, tunings: list[_Tuning], overrides: dict[str, str]) -> None:
+    """Ask the next trial of each idle strategy, in the given order, while a slot is free."""
+    from avbench import tune
+    from avbench.executor import Job
+
+    for i, t in enumerate(tunings):
+        if ex.outstanding() >= ex.slots:
+            return
+        if t.inflight is not None or t.asked >= req.budget:
+            continue
+        trial = t.study.ask()
+        params = tune.suggest(trial, t.dists)
+        t.inflight, t.asked = trial, t.asked + 1
+        trial_over = {**overrides, **{k: tune._text(v) for k, v in params.items()}}
+        ex.submit(Job(key=f"{i}:{trial.number}", fn=tune.trial_job,
+                      args=(req, t.strategy, trial_over, trial.number, params, t.parent),
+                      label=f"{t.strategy} trial {trial.number}"))
+
+
+def _tell(t: _Tuning, o: Any) -> str:
+    """The outcome into the study (a failure as FAIL) and the trial's record; returns its progress line."""
+    from optuna.trial import TrialState
+
+    trial, t.inflight = t.inflight, None
+    params = dict(trial.params)
+    head = f"{t.strategy} trial {trial.number}"
+    if not o.ok:
+        t.study.tell(trial, state=TrialState.FAIL)
+        t.failures.append(f"trial {trial.number}: {o.error}")
+        return f"{head}: failed: {o.error}"
+    record = o.value
+    t.trials.append({"number": trial.number, "params": params, **record})
+    t.study.tell(trial, record["value"])  # a NaN score is told as a failed trial by Optuna itself
+    return (f"{head}: val {record['metric']} {record['value']:.4f} ({record['steps']} steps) in {o.seconds:.1f} s "
+            f"{ {k: _short(v) for k, v in params.items()} }")
+
+
+def _short(v: Any) -> Any:
+    return float(f"{v:.3g}") if isinstance(v, float) else v
+
+
+def _conclude_all(req: Any, tunings: list[_Tuning], tracker: Any, overrides: dict[str, str],
+                  cap: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each strategy's best configuration stored; a strategy without a finished trial is a failure."""
+    from avbench import tune
+
+    done: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    for t in tunings:
+        try:
+            done[t.strategy] = tune.conclude(req, t.resolved, t.study, t.trials, tracker, t.parent, overrides,
+                                             t.space, cap)
+        except UserError as e:
+            failed[t.strategy] = "; ".join([str(e), *t.failures])
+            continue
+        done[t.strategy]["failed_trials"] = list(t.failures)
+        for f in t.failures:
+            log.warning("tune %s %s", t.strategy, f)
+    return done, failed
+
+
+def _mark_killed(tracker: Any, tunings: list[_Tuning], since_ms: int) -> None:
+    """Trial runs a cancelled job could not close itself (a worker killed hard) are marked KILLED here."""
+    for t in tunings:
+        for run in tracker.children(t.parent, finished_only=False):
+            if run.info.status == "RUNNING" and run.info.start_time >= since_ms:
+                tracker.finish(run.info.run_id, "KILLED")
