@@ -230,19 +230,21 @@ class Tracker:
                 raise
             return exp.experiment_id
 
-    def find_parent(self, dataset: str, group: str) -> str | None:
+    def find_parent(self, dataset: str, group: str, kind: str = "parent") -> str | None:
+        """The first parent run of ``group`` (``kind``: "parent" for results, "tune" for a tuning)."""
         exp = self.experiment_id(dataset, create=False)
         if exp is None:
             return None
         found = self.client.search_runs([exp], filter_string=f"tags.`{TAG_GROUP}` = '{group}' and "
-                                                            f"tags.`{TAG_KIND}` = 'parent'", max_results=1,
+                                                            f"tags.`{TAG_KIND}` = '{kind}'", max_results=1,
                                         order_by=["attributes.start_time ASC"])
         return found[0].info.run_id if found else None
 
     def parent_run(self, dataset: str, group: str, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
-        """Find the parent run of ``group`` (so new seeds join it) or create it (left RUNNING)."""
+        """Find the parent run of ``group`` (so new seeds join it) or create it (left RUNNING). A kind
+        given in ``tags`` (a tuning parent is "tune") is looked up as that kind."""
         with self._lock():  # two processes of one group make one parent
-            found = self.find_parent(dataset, group)
+            found = self.find_parent(dataset, group, tags.get(TAG_KIND, "parent"))
             if found:
                 return found
             exp = self.experiment_id(dataset)

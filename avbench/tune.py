@@ -309,6 +309,7 @@ def conclude(req: TuneRequest, r0: Any, study: Any, trials: list[dict[str, Any]]
     tracker.log_metrics(parent, {"best_value": best.value, "steps_trained": result["budget"]["steps_trained"]})
     tracker.log_params(parent, {f"best.{k}": v for k, v in best.params.items()})
     tracker.log_json(parent, "tuned.json", result)
+    tracker.finish(parent)  # a rerun finds it again by its group and replays its trials
     return result
 
 

@@ -10,7 +10,8 @@ whatever the executor (given the same threads per job: float results can depend 
 The driver (this process) creates each strategy's tuning parent and study, asks and tells; a job
 (``avbench.tune.trial_job``) trains on the fit rows, scores the validation split and records its
 trial as an MLflow child. A failed trial is told as FAIL and listed at the end while the tuning goes
-on; Ctrl-C cancels the running trials (their runs end KILLED) and re-raises.
+on; Ctrl-C cancels the running trials (their runs end KILLED) and re-raises. MLflow is the resume
+point: a rerun replays the trials the interrupted one finished (``_replay``) and goes on from there.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def tune_all(req: Any, strategies: list[str], overrides: dict[str, str],
         options.check_tracking_shared(ex, req.results_dir)
         tracker = Tracker(req.results_dir)  # the store exists before any worker opens it
         tunings = [_open(req, s, overrides, spaces[s], cap, tracker) for s in strategies]
-        progress = SweepProgress(req.budget * len(tunings), ex.slots, enabled=req.progress, desc="tune")
+        progress = SweepProgress(req.budget * len(tunings), ex.slots, already_done=sum(t.asked for t in tunings),
+                                 enabled=req.progress, desc="tune")
         progress.write(f"{ex.describe()}; {len(tunings)} strateg{'y' if len(tunings) == 1 else 'ies'} x "
                        f"{req.budget} trial(s), one trial of each strategy at a time")
         started_ms = int(time.time() * 1000)
@@ -94,7 +96,60 @@ def _open(req: Any, strategy: str, overrides: dict[str, str], space: tuple[Mappi
 
     r0 = runner.resolve(tune._run_request(req, strategy, overrides))
     parent = tune.tuning_parent(req, strategy, r0, tracker, overrides, space[0], cap)
-    return _Tuning(strategy, r0, tune.new_study(req), space[1], space[0], parent)
+    t = _Tuning(strategy, r0, tune.new_study(req), space[1], space[0], parent)
+    _replay(t, tracker, req.budget)
+    return t
+
+
+def _replay(t: _Tuning, tracker: Any, budget: int) -> None:
+    """Trials an interrupted tuning already ran come back from MLflow instead of training again.
+
+    The tuning parent is found again by its group (same strategy, cache, space, budget, sampler), and
+    its trial runs 0, 1, ... that ended FINISHED or FAILED are replayed in order: each is asked again
+    (the seeded sampler, given the same history, suggests the same parameters, which is checked) and
+    told its recorded result. The rerun then continues exactly as the uninterrupted tuning would have.
+    """
+    from optuna.trial import TrialState
+
+    from avbench import tune
+    from avbench.tracking import TAG_SEED
+
+    done: dict[int, Any] = {}
+    for run in tracker.children(t.parent, finished_only=False):  # newest first: keep the latest per trial
+        if run.info.status in ("FINISHED", "FAILED"):
+            done.setdefault(int(run.data.tags.get(TAG_SEED, -1)), run)
+    while t.asked < budget and t.asked in done:
+        run = done[t.asked]
+        trial = t.study.ask()
+        params = tune.suggest(trial, t.dists)
+        recorded = {k: run.data.params.get(k) for k in params}
+        if {k: tune._text(v) for k, v in params.items()} != recorded:
+            raise UserError(f"cannot resume the tuning of {t.strategy}: trial {trial.number} was run with "
+                            f"{recorded} but the sampler now suggests {params} (another Optuna version?); "
+                            f"use another --results-dir or delete the tuning run {t.parent}")
+        t.asked += 1
+        if run.info.status == "FAILED":
+            t.study.tell(trial, state=TrialState.FAIL)
+            t.failures.append(f"trial {trial.number}: failed (in an earlier run)")
+            continue
+        record = _recorded(tracker, run)
+        t.trials.append({"number": trial.number, "params": params, **record})
+        t.study.tell(trial, record["value"])
+    if t.asked:
+        log.info("tune %s: %d trial(s) from an earlier run reused", t.strategy, t.asked)
+
+
+def _recorded(tracker: Any, run: Any) -> dict[str, Any]:
+    """A finished trial run's record, as ``avbench.tune.trial_record`` returned it."""
+    import json
+
+    from avbench.analysis.loading import download_artifact
+
+    (key,) = [k for k in run.data.metrics if k.startswith("val/")]
+    saved = json.loads(download_artifact(tracker, run.info.run_id, "trial.json").read_text())
+    return {"value": run.data.metrics[key], "values": saved["values"], "metric": key[len("val/"):],
+            "steps": int(run.data.metrics.get("steps", 0)), "run_id": run.info.run_id,
+            "converged": all(c["converged"] for c in saved["validation"])}
 
 
 def _drive(ex: Any, req: Any, tunings: list[_Tuning], overrides: dict[str, str], progress: Any) -> None:

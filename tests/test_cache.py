@@ -111,3 +111,21 @@ def test_cache_cli_info_and_verify(tmp_path, capsys):
     assert main(["cache", "verify", str(tmp_path / "c")]) == 1
     assert "NaN or Inf" in capsys.readouterr().out
     assert main(["cache", "info", str(tmp_path / "missing")]) == 2
+
+
+def test_atomic_writes_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    """A manifest or result replaced atomically stays readable by the others a umask lets read it."""
+    import os
+    import stat
+
+    from avbench.cache.format import write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "a.json", {"x": 1})
+        os.umask(0o077)
+        write_json_atomic(tmp_path / "b.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o600

@@ -104,6 +104,14 @@ def test_resume_continues_from_the_epoch_checkpoint(tmp_path):
     want = json.loads(full.read_text())["seeds"][0]["metrics"]
     assert got["metrics"]["fusion/acc"] == want["fusion/acc"]
     assert got["metrics"]["audio/mAP"] == pytest.approx(want["audio/mAP"], abs=1e-9)
+    # The validation curve comes back whole: points before the interruption were saved with the checkpoint.
+    curves = {}
+    for name in ("ref", "res"):
+        paths = sorted((tmp_path / name).rglob("result.json"))  # the local record and its MLflow copy
+        assert paths, name
+        curves[name] = json.loads(paths[0].read_text())["validation"]
+    assert len(curves["ref"]["curve"]) > 3 and curves["res"]["curve"] == curves["ref"]["curve"]
+    assert curves["res"]["converged"] == curves["ref"]["converged"]
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -22,7 +22,42 @@ def _req(tmp_path, **kw):
     return tune.TuneRequest(**{**base, **kw})
 
 
-def test_tune_never_opens_the_test_split_and_gives_every_strategy_the_same_budget(tmp_path, monkeypatch):
+class InProcessExecutor:
+    """The executor interface run synchronously in this process, so a spy sees what a trial job opens
+    (the real executors run the same ``avbench.tune.trial_job`` in workers the spy cannot reach)."""
+
+    slots, threads_per_job, multi_node = 1, 1, False
+
+    def __init__(self):
+        self.done = []
+
+    def describe(self):
+        return "in-process test executor"
+
+    def submit(self, job):
+        from avbench.executor import Outcome
+
+        self.done.append(Outcome(job.key, True, value=job.fn(*job.args)))  # a raising trial fails the test
+
+    def wait(self, timeout=None):
+        out, self.done = self.done, []
+        return out
+
+    def running(self):
+        return 0
+
+    def outstanding(self):
+        return len(self.done)
+
+    def cancel(self):
+        pass
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("path", ["executor", "prune"])
+def test_tune_never_opens_the_test_split_and_gives_every_strategy_the_same_budget(tmp_path, monkeypatch, path):
     runner.resolve(runner.RunRequest(strategy="sum", dataset="synth", overrides=SETS, progress=False))  # the cache
     opened = []
     real = reader.CacheSplit.__init__
@@ -33,9 +68,12 @@ def test_tune_never_opens_the_test_split_and_gives_every_strategy_the_same_budge
         real(self, root, info)
 
     monkeypatch.setattr(reader.CacheSplit, "__init__", spy)
-    # In this process (--prune), so the spy sees every split a trial opens; executor trials run the same
-    # avbench.tune.trial_record in a worker.
-    out = tune.tune(_req(tmp_path, prune=True))
+    # Both ways a trial runs: as an executor job (avbench.tune.trial_job, here in this process so the spy
+    # sees it) and in-process with --prune.
+    from avbench.executor import options
+
+    monkeypatch.setattr(options, "make", lambda req: InProcessExecutor())
+    out = tune.tune(_req(tmp_path, prune=path == "prune"))
     assert "train" in opened and "test" not in opened
     assert out["budget"]["trials"] == 2 and out["budget"]["max_steps_per_trial"] == 6
     for name, res in out["strategies"].items():
@@ -160,3 +198,50 @@ def test_prune_is_refused_with_jobs_or_ray(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "--prune runs trials in this process" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_running_trials_and_closes_their_runs(tmp_path, two_cores):
+    """Interrupt a --jobs 2 tuning once a trial has finished: exit 130, no trial run left RUNNING."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import default_sigint
+
+    rd = tmp_path / "r"
+    sets = [a for s in TINY_SETS + ["embed_dim=16"] for a in ("--set", s)]
+    args = ["tune", "--strategy", "uavm,independent", "--dataset", "synth", "--budget", "4", "--max-steps", "300",
+            "--results-dir", str(rd), "--no-progress", "--jobs", "2", "--threads-per-job", "1", *sets]
+    proc = subprocess.Popen([sys.executable, "-m", "avbench", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=default_sigint)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if _trial_runs(rd).get("FINISHED"):
+                break
+        except sqlite3.OperationalError:  # the store is not there yet or being written
+            pass
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    log = proc.communicate(timeout=120)[0]
+    runs = _trial_runs(rd)
+    assert proc.returncode == 130, log
+    assert runs.get("FINISHED") and not runs.get("RUNNING"), runs
+    assert runs["FINISHED"] < 8  # it stopped: not every trial of the budget ran
+    assert not list(rd.glob("tuned/*/*.json"))  # an interrupted tuning stores no "best" configuration
+
+    # The rerun replays the finished trials from MLflow and trains only the rest; the outcome is the
+    # uninterrupted tuning's, trial for trial.
+    first = runs["FINISHED"]
+    out = tmp_path / "resumed.json"
+    assert main([*args, "--output-json", str(out)]) == 0
+    assert _trial_runs(rd)["FINISHED"] == 8  # none trained twice, none lost
+    whole = tmp_path / "whole.json"
+    assert main([*args[:args.index("--results-dir") + 1], str(tmp_path / "w"), *args[args.index("--results-dir") + 2:],
+                 "--output-json", str(whole)]) == 0
+    trials = {p: {s: [(t["number"], t["params"], t["value"]) for t in r["trials"]]
+                  for s, r in json.loads(p.read_text())["strategies"].items()} for p in (out, whole)}
+    assert trials[out] == trials[whole] and all(len(v) == 4 for v in trials[whole].values())
+    assert first >= 1

@@ -65,11 +65,21 @@ class Manifest:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def umask_mode() -> int:
+    """The mode ``open()`` would give a new file (0o666 less the umask). ``tempfile.mkstemp`` creates
+    files 0o600, so an atomically replaced file would otherwise be readable by its owner only: a
+    manifest or result another user (a Ray worker, a colleague on a shared cache) cannot open."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that readers see either the old file or the whole new one, never a torn one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=True, default=str)
             f.flush()

@@ -124,6 +124,7 @@ def record_holdout(root: Path, rows_path: Path, rows: np.ndarray, record: dict[s
     the same rows and write the same bytes)."""
     fd, tmp = tempfile.mkstemp(prefix=rows_path.name + ".", suffix=".tmp", dir=rows_path.parent)
     try:
+        os.fchmod(fd, fmt.umask_mode())
         with os.fdopen(fd, "wb") as f:
             np.save(f, np.asarray(rows, dtype=np.int64))
         os.replace(tmp, rows_path)

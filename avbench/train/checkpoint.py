@@ -13,13 +13,15 @@ from avbench.errors import UserError
 
 
 def save_checkpoint(path: Path, strategy: Strategy, optimizer: torch.optim.Optimizer, global_epoch: int,
-                    global_step: int, history: list[dict[str, Any]]) -> None:
-    """Write atomically: a crash while saving leaves the previous checkpoint intact."""
+                    global_step: int, history: list[dict[str, Any]], validation: dict[str, Any] | None = None) -> None:
+    """Write atomically: a crash while saving leaves the previous checkpoint intact. ``validation``: the
+    validation curve so far (``Validator.state``), so a resumed run's convergence flag sees all of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"strategy": strategy.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
                 "stage": strategy.stage, "global_epoch": global_epoch, "global_step": global_step,
-                "history": history, "name": strategy.name, "config": strategy.config_dict()}, tmp)
+                "history": history, "validation": validation, "name": strategy.name,
+                "config": strategy.config_dict()}, tmp)
     os.replace(tmp, path)
 
 

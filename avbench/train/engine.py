@@ -403,6 +403,7 @@ class Engine:
                             optimizer.load_state_dict(state["optimizer"])
                             global_step = state["global_step"]
                             restore_rng(state["rng"])
+                            self.validator.restore(state.get("validation"))  # older checkpoints: none
                         global_epoch += 1
                         continue
                     if not wrapped:
@@ -433,7 +434,7 @@ class Engine:
                     # The checkpoint first: an epoch whose metrics could not be sent is not lost.
                     if self.checkpoint_path is not None and self.rank == 0:
                         save_checkpoint(self.checkpoint_path, self.strategy, optimizer, global_epoch + 1,
-                                        global_step, result.history)
+                                        global_step, result.history, self.validator.state())
                     if self.on_epoch is not None and self.rank == 0:
                         self.on_epoch(global_epoch, row)
                     global_epoch += 1

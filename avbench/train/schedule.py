@@ -182,6 +182,16 @@ class Validator:
         if self.callback is not None:
             self.callback(done, value)
 
+    def state(self) -> dict[str, Any]:
+        """The curve so far, saved with each epoch checkpoint so a resumed run keeps its earlier points."""
+        return {"curve": list(self.curve), "smooth": list(self.smooth), "metric": self.metric}
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        if state:
+            self.curve = [tuple(p) for p in state["curve"]]
+            self.smooth = [tuple(p) for p in state["smooth"]]
+            self.metric = state["metric"]
+
     def take_seconds(self) -> float:
         """Seconds spent on validation since the last call (kept out of training throughput)."""
         out, self.seconds = self.seconds, 0.0
