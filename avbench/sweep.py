@@ -31,7 +31,6 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from avbench.errors import UserError
@@ -290,7 +289,7 @@ def run_sweep(req: SweepRequest, on_point: Callable[[int, int, PointResult], Non
     clash = sorted(set(req.overrides) & set(points[0])) if points else []
     if clash:
         raise UserError(f"{', '.join(clash)} is both swept and set with --set")
-    req = _absolute(req)  # a job may run in another working directory (Ray) or on another node
+    req = options.absolute_paths(req)  # a job may run in another working directory (Ray) or on another node
     own = executor is None
     ex = executor or options.make(req)
     try:
@@ -327,15 +326,6 @@ def run_sweep(req: SweepRequest, on_point: Callable[[int, int, PointResult], Non
     finally:
         if own:
             ex.close()
-
-
-def _absolute(req: SweepRequest) -> SweepRequest:
-    """Paths as the driver sees them: every job reads the same cache and writes the same results."""
-    from avbench.paths import cache_root
-
-    return dataclasses.replace(req, results_dir=str(Path(req.results_dir).expanduser().resolve()),
-                               cache_root=str(cache_root(req.cache_root).resolve()),
-                               cache=str(Path(req.cache).expanduser().resolve()) if req.cache else None)
 
 
 def run_seed(rr: Any) -> dict[str, Any]:

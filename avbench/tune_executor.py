@@ -16,11 +16,9 @@ point: a rerun replays the trials the interrupted one finished (``_replay``) and
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 from avbench.errors import UserError
@@ -52,7 +50,7 @@ def tune_all(req: Any, strategies: list[str], overrides: dict[str, str],
     from avbench.executor.progress import SweepProgress
     from avbench.tracking import Tracker
 
-    req = _absolute(req)  # a job may run in another working directory (Ray) or on another node
+    req = options.absolute_paths(req, space_file=None)  # jobs run elsewhere; the space file is already read
     own = executor is None
     ex = executor or options.make(req)
     try:
@@ -77,16 +75,6 @@ def tune_all(req: Any, strategies: list[str], overrides: dict[str, str],
     finally:
         if own:
             ex.close()
-
-
-def _absolute(req: Any) -> Any:
-    """Paths as the driver sees them: every job reads the same cache and writes the same results."""
-    from avbench.paths import cache_root
-
-    return dataclasses.replace(req, results_dir=str(Path(req.results_dir).expanduser().resolve()),
-                               cache_root=str(cache_root(req.cache_root).resolve()),
-                               cache=str(Path(req.cache).expanduser().resolve()) if req.cache else None,
-                               space_file=None)  # already read into the spaces
 
 
 def _open(req: Any, strategy: str, overrides: dict[str, str], space: tuple[Mapping[str, Any], Mapping[str, Any]],

@@ -9,7 +9,9 @@ turned into an executor here once.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+from pathlib import Path
 from typing import Any
 
 from avbench.errors import UserError
@@ -45,6 +47,17 @@ def from_args(args: argparse.Namespace) -> dict[str, Any]:
 def job_env() -> dict[str, str]:
     """The variables every job must see wherever it runs: the driver's tracking URI and credentials."""
     return {k: os.environ[k] for k in TRACKING_ENV if k in os.environ}
+
+
+def absolute_paths(req: Any, **changes: Any) -> Any:
+    """``req`` with its paths as the driver sees them (``results_dir``, ``cache_root``, ``cache``), so every
+    job, in another working directory (Ray) or on another node, reads the same cache and writes the same
+    results; ``changes`` are further fields to replace."""
+    from avbench.paths import cache_root
+
+    return dataclasses.replace(req, results_dir=str(Path(req.results_dir).expanduser().resolve()),
+                               cache_root=str(cache_root(req.cache_root).resolve()),
+                               cache=str(Path(req.cache).expanduser().resolve()) if req.cache else None, **changes)
 
 
 def make(req: Any) -> Any:
