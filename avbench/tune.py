@@ -211,7 +211,7 @@ def tune(req: TuneRequest) -> dict[str, Any]:
 
 def _stored(req: TuneRequest, r: Any) -> dict[str, Any] | None:
     """The tuned result already stored for this strategy and cache (``--skip-tuned``), or None."""
-    path = tuned_dir(req.results_dir, r.dataset, r.cache.manifest.key) / f"{r.strategy_cls.name}.json"
+    path = tuned_file(req.results_dir, r)
     if not path.is_file():
         return None
     try:
@@ -398,6 +398,11 @@ def tuned_dir(results_dir: str | Path, dataset: str, cache_key: str) -> Path:
     return Path(results_dir) / "tuned" / f"{dataset}-{cache_key[:12]}"
 
 
+def tuned_file(results_dir: str | Path, r: Any) -> Path:
+    """Where the tuned configuration of a resolved run's strategy and cache is stored (``<strategy>.json``)."""
+    return tuned_dir(results_dir, r.dataset, r.cache.manifest.key) / f"{r.strategy_cls.name}.json"
+
+
 def write_tuned(results_dir: str | Path, req: TuneRequest, result: dict[str, Any]) -> list[Path]:
     """``<strategy>.json`` (everything) and ``<strategy>.yaml`` (a config file for ``run --config``)."""
     import yaml
@@ -439,7 +444,7 @@ def apply_tuned(req: Any, which: str) -> Any:
 
     if which == "auto":
         r = runner.resolve(req)
-        path = tuned_dir(req.results_dir, r.dataset, r.cache.manifest.key) / f"{r.strategy_cls.name}.json"
+        path = tuned_file(req.results_dir, r)
         if not path.exists():
             raise UserError(f"--tuned: no tuned configuration for {r.strategy_cls.name} on this cache ({path}); "
                             f"run avbench tune --strategy {req.strategy} first")

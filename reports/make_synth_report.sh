@@ -30,10 +30,11 @@ SEEDS="${SEEDS:-0,1,2}"
 JOBS="${JOBS:-2}"              # jobs at once on the executor (tuning trials, final runs, sweep points)
 BUDGET="${BUDGET:-16}"         # tuning trials per strategy (Optuna's TPE starts after 10 random ones)
 MAX_STEPS="${MAX_STEPS:-540}"  # per-trial step budget: 30 epochs of the tuning rows
-# Longest tuning first (measured: vq_codes, cross_attention ~15 min each on one core, mbt 12, uavm 8):
+# Longest tuning first (measured, minutes of one core for 16 trials: vq_codes 16.7, cross_attention 13.3,
+# mbt 12.7, independent 8.5, uavm 7.9, event_layers 1.6, the others about 1):
 # the executor gives a free slot to the first idle strategy in this order, so the quick
 # pooled heads fill the gaps at the end instead of one slow strategy's trials running alone.
-STRATEGIES="${STRATEGIES:-vq_codes cross_attention mbt uavm independent event_layers film gated naive_av late_fusion sum}"
+STRATEGIES="${STRATEGIES:-vq_codes cross_attention mbt independent uavm event_layers naive_av late_fusion sum film gated}"
 # One thread per process: on a small shared CPU, two threads fighting other processes are far slower.
 # The executor (tune, sweep) divides the cores between its JOBS itself (--threads-per-job 1), so this
 # limit is lifted for those commands (env -u), else JOBS jobs would not fit in one usable core.
