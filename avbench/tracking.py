@@ -317,7 +317,8 @@ class Tracker:
 
         items = [Param(k, _param_str(v)) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i:i + 100])
+            with signals_deferred():
+                self.client.log_batch(run_id, params=items[i:i + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -326,7 +327,8 @@ class Tracker:
         items = [Metric(_metric_key(k), float(v), ts, step or 0) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and math.isfinite(float(v))]
         for i in range(0, len(items), 500):
-            self.client.log_batch(run_id, metrics=items[i:i + 500])
+            with signals_deferred():
+                self.client.log_batch(run_id, metrics=items[i:i + 500])
 
     def log_dataset(self, run_id: str, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
         """The feature cache as the run's dataset input (shown in the UI's Datasets column)."""
@@ -346,7 +348,8 @@ class Tracker:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status)
+        with signals_deferred():
+            self.client.set_terminated(run_id, status)
 
     def update_parent_summary(self, parent_id: str, keys: Iterable[str] | None = None) -> dict[str, dict[str, float]]:
         """Recompute ``<metric>_mean``, ``_std``, ``_n`` of the evaluation metrics over finished seeds."""
@@ -432,6 +435,28 @@ def _json_default(o: Any) -> Any:
     except ImportError:
         pass
     return str(o)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Ctrl-C / SIGTERM wait until the write inside has finished (then they are raised as usual).
+
+    A KeyboardInterrupt raised in the middle of an sqlite transaction leaves the store locked, so the
+    run's closing writes (status KILLED) then fail with "database is locked". Blocking the two signals
+    for the few milliseconds of one write keeps every interrupt between writes. Main thread only
+    (the mask is per thread; other threads never receive the KeyboardInterrupt)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def metric_name(k: str) -> str:
