@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-import importlib.metadata as md
 import json
 import math
-import platform
 import re
-import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
+
+from avbench import provenance as _prov
 
 SCHEMA_VERSION = "1.0"
 SCHEMA_FILE = "results.schema.json"
@@ -134,41 +133,23 @@ def clip_interval(stats: Mapping[str, Any], metric: str) -> tuple[float | None, 
 
 
 # --- provenance ---------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
 def git_state() -> tuple[str | None, bool | None]:
-    """(HEAD commit, dirty) of the checkout avbench runs from; (None, None) when it is not one."""
-    import avbench
-
-    where = Path(avbench.__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return None, None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                               capture_output=True, text=True, timeout=20)
-        return head.stdout.strip(), (bool(dirty.stdout.strip()) if dirty.returncode == 0 else None)
-    except (OSError, subprocess.SubprocessError):
-        return None, None
+    """(commit, dirty) of the avbench code running, however it was installed (``avbench.provenance``)."""
+    return _prov.git_state()
 
 
 def environment() -> dict[str, Any]:
-    """Interpreter, platform and the versions of the libraries results depend on (no import needed)."""
-    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                           "machine": platform.machine()}
-    for dist in ("avbench", "torch", "numpy", "scikit-learn", "mlflow"):
-        try:
-            env[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            env[dist] = None
-    return env
+    """Interpreter, platform, host, CPU (model, bf16/AMX/AVX2 flags), GPUs and library versions."""
+    return _prov.environment()
 
 
 def provenance(*, config: Mapping[str, Any] | None = None, recipe: Mapping[str, Any] | None = None,
                cache_key: str | None = None, environment_: Mapping[str, Any] | None = None) -> dict[str, Any]:
     import avbench
 
-    commit, dirty = git_state()
-    return {"avbench_version": avbench.__version__, "git_commit": commit, "git_dirty": dirty,
+    src = _prov.source()
+    return {"avbench_version": avbench.__version__, "git_commit": src["commit"], "git_dirty": src["dirty"],
+            "git_source": src["source"],
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "command": command(), "environment": {**environment(), **dict(environment_ or {})},
             "config": dict(config) if config is not None else None,
