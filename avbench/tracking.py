@@ -28,7 +28,6 @@ import math
 import os
 import shlex
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -142,13 +141,10 @@ def process_alive(tag: str) -> bool | None:
 # --- standard MLflow tags --------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    """The avbench checkout's commit (None outside a git checkout)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+    """avbench's commit however it was installed (``avbench.provenance``; None when nothing knows it)."""
+    from avbench import provenance
+
+    return provenance.git_state()[0]
 
 
 def command_line() -> str:
