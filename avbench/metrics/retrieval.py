@@ -7,7 +7,12 @@ it is stored as ``R_at{k}`` (MLflow's spelling, used everywhere avbench writes r
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import torch
+
+from avbench.metrics import ranking
 
 
 def stratified_subset(labels: np.ndarray, per_class: int = 5, seed: int = 0) -> np.ndarray:
@@ -21,27 +26,21 @@ def stratified_subset(labels: np.ndarray, per_class: int = 5, seed: int = 0) -> 
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
 
 
-def _pool_norm(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim == 3:
-        x = x.mean(axis=1)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def ranks(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+def ranks(queries: Any, candidates: Any) -> np.ndarray:
     """1-based rank of each query's partner among all candidates; ties count against the query
-    (collapsed representations, where every candidate scores the same, rank last, not first)."""
-    sim = _pool_norm(queries) @ _pool_norm(candidates).T
-    own = np.diag(sim)[:, None]
-    return (sim >= own).sum(axis=1)
+    (collapsed representations, where every candidate scores the same, rank last, not first).
+    Computed in torch on the queries' device (``avbench.metrics.ranking``)."""
+    return ranking.retrieval_ranks(queries, candidates).cpu().numpy()
 
 
-def retrieval_metrics(audio: np.ndarray, video: np.ndarray) -> dict[str, float]:
-    """``audio``/``video``: [N, T, D] or [N, D] paired representations (same row = same clip)."""
+def retrieval_metrics(audio: Any, video: Any) -> dict[str, float]:
+    """``audio``/``video``: [N, T, D] or [N, D] paired representations (same row = same clip); numpy or torch."""
     out: dict[str, float] = {}
-    for name, q, c in (("a2v", audio, video), ("v2a", video, audio)):
-        r = ranks(q, c)
+    a = ranking.as_tensor(audio)
+    v = ranking.as_tensor(video, a.device)
+    for name, q, c in (("a2v", a, v), ("v2a", v, a)):
+        r = ranking.retrieval_ranks(q, c)
         for k in (1, 5, 10):
-            out[f"{name}_R_at{k}"] = float((r <= k).mean())
-        out[f"{name}_medr"] = float(np.median(r))
+            out[f"{name}_R_at{k}"] = float((r <= k).double().mean())
+        out[f"{name}_medr"] = float(torch.quantile(r.double(), 0.5))  # numpy's median (mean of the middle two)
     return out
