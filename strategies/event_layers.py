@@ -40,15 +40,24 @@ when the two widths match). Open choices of the paper, made explicit here:
 * **Onsets at inference.** ``predict``/``head_logits`` take an optional ``onsets`` keyword
   (``capabilities.onsets``), and the engine passes the test split's onsets; without them every clip
   falls back (and is counted).
-* **Single-label prediction** is the paper's rule (sec. 4.1, ``vote_rule=majority``): a class voted
-  by more than half of the voting heads wins; "in case of disagreement among the layers that no
-  majority consensus exists, the label from the most confident layer is selected" (confidence: the
-  head's softmax probability of its argmax). ``vote_rule=plurality`` is the earlier rule kept as a
-  switch: the most voted class, a shared top count broken by the most confident head among those
-  voting for a tied class (``vote_tie_break=tied``) or among all heads (``all``). ``predict``
-  returns *vote scores*, not raw logits: ``votes + 0.25 * mean head probability``, with the winner
-  raised above every other class, so the argmax is the vote and ranking metrics (top-5, mAP) still
-  see a graded score. ``head_logits`` gives the raw per-head logits. On multilabel tasks the default
+* **Single-label prediction** (paper 003 sec. 4.2): "we integrate them by majority voting to output
+  a single prediction as P_vote = argmax_k sum_i I(p_i = k) [...] In case of disagreement among the
+  layers that no majority consensus exists, the label from the most confident layer is selected."
+  The formula is a plurality; the sentence can be read as "no unique plurality" or as "no class with
+  more than half of the votes". Both readings are switches (confidence: the head's softmax
+  probability of its own argmax; "the most confident layer" is the most confident voting head):
+  ``vote_rule=plurality`` (the default: the paper's formula, the sentence as its tie rule): the
+  most voted class; when several classes share the top count, the most confident layer's label
+  (``vote_tie_break=all``, the sentence's "the most confident layer"; ``tied`` restricts it to the
+  heads voting for a tied class). ``vote_rule=majority``: a class voted by more than half of the
+  voting heads wins; otherwise the most confident layer's label. The two agree on most clips; on a
+  2-1-1-1 or 2-2-1 split they can differ (docs/equivalence.md, event_layers, has the measured effect).
+* **What ``predict`` returns.** ``vote_output=probability`` (default): the mean softmax probability
+  of the voting heads, with the vote's winner lifted just above the clip's highest mean probability,
+  so top-1 accuracy is the vote and top-5 / mAP rank the mean probabilities (the winner's entry is
+  the only one the vote changes). ``vote_output=counts`` is the earlier score, ``votes + 0.25 * mean
+  probability`` with the winner raised above every class (top-5 and mAP then rank by votes first).
+  ``head_logits`` gives the raw per-head logits. On multilabel tasks the default
   (``predict_mode=auto``) returns the mean of the per-head logits instead, since a vote is defined
   for a single label.
 * **Multi-label prediction** (paper sec. 4.2, Table 2) is the union of the five heads' argmax
@@ -57,9 +66,18 @@ when the two widths match). Open choices of the paper, made explicit here:
   them for any strategy with named heads). The union is the paper's, over all five heads: an onset
   head on its fallback pool is in it (it adds a label only where its classifier disagrees with the
   continuous head's).
-* **Audio-only / video-only evaluation** uses the head that is defined without the other modality:
-  the audio head alone for audio-only, the visual head alone for video-only (the three audio-visual
-  heads need both streams). One head's vote is its argmax, so those columns report its logits.
+* **Head init.** The paper's visual and audio heads are FCs over ``concat(v, 0)`` / ``concat(0, a)``,
+  ``2D`` wide, so PyTorch's default Linear init bounds them by ``1/sqrt(2D)``; written as ``W_v v + b``
+  (``D`` wide) the default would give ``1/sqrt(D)``. ``unimodal_head_init=concat`` (default) draws them
+  with the 2D bound, as the paper's FC; ``width`` keeps the ``1/sqrt(D)`` bound of earlier versions.
+* **Audio-only / video-only columns.** ``unimodal=joint`` (default): those columns are the *joint
+  model's* audio and visual heads (trained with the other four, evaluated alone: the audio head for
+  audio-only, the visual head for video-only; the three audio-visual heads need both streams). They
+  are not the paper's "Audio Only" / "Vision Only" baselines of Table 1, which are separately trained
+  single-modality networks. ``unimodal=separate`` trains two more models beside the joint one, each
+  its own projection, mean pool and FC on one modality, with their own cross-entropy added to the
+  loss (disjoint parameters: the joint model's gradients are unchanged, except through a global
+  gradient clip), and reports *them* in the audio-only / video-only columns. They never vote.
 """
 
 from __future__ import annotations
@@ -78,6 +96,13 @@ from avbench.metrics.multilabel import union_of_argmax
 
 HEADS = ("continuous", "instant", "onset", "visual", "audio")
 AV_HEADS = ("continuous", "instant", "onset")
+
+
+class MeanPool(nn.Module):
+    """Mean over the time axis of ``[B, T, D]``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(1)
 
 
 def resolve_k(num_steps: int, fraction: float, k: int | None = None) -> int:
@@ -130,10 +155,11 @@ def onset_pool(z: Tensor, onsets: Tensor | None) -> tuple[Tensor, Tensor]:
 
 
 VOTE_RULES = ("majority", "plurality")
+VOTE_OUTPUTS = ("counts", "probability")
 
 
 def vote_scores(logits: Tensor, multilabel: bool = False, tie_break: str = "tied", rule: str = "majority",
-                voters: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                voters: Tensor | None = None, output: str = "counts") -> tuple[Tensor, Tensor]:
     """Vote of ``H`` heads' argmax over ``logits [H, B, C]``.
 
     Returns (winner ``[B]`` long, scores ``[B, C]`` whose argmax is the winner). Confidence is the
@@ -146,11 +172,18 @@ def vote_scores(logits: Tensor, multilabel: bool = False, tie_break: str = "tied
     the class with the most votes; when several share the top count, ``tie_break`` decides: ``tied``
     takes the most confident head among those voting for a tied class, ``all`` the most confident
     voting head overall.
+
+    ``output="counts"``: scores are ``votes + 0.25 * mean probability`` with the winner raised above
+    every class. ``output="probability"``: the voting heads' mean probability with only the winner's
+    entry changed, lifted just above the clip's highest mean probability (ranking metrics then read
+    probabilities; top-1 is still the vote).
     """
     if rule not in VOTE_RULES:
         raise ValueError(f"rule must be one of {VOTE_RULES}, got {rule!r}")
     if tie_break not in ("tied", "all"):
         raise ValueError(f"tie_break must be 'tied' or 'all', got {tie_break!r}")
+    if output not in VOTE_OUTPUTS:
+        raise ValueError(f"output must be one of {VOTE_OUTPUTS}, got {output!r}")
     h, b, c = logits.shape
     logits = logits.float()
     voting = (torch.ones(h, b, dtype=torch.bool, device=logits.device) if voters is None
@@ -178,6 +211,9 @@ def vote_scores(logits: Tensor, multilabel: bool = False, tie_break: str = "tied
     best_head = masked.argmax(-1)  # [B]; first head wins an exact confidence tie
     winner = pred.t().gather(1, best_head.unsqueeze(1)).squeeze(1)
     mean_prob = (probs * voting.unsqueeze(-1)).sum(0) / voting.sum(0).unsqueeze(-1)
+    if output == "probability":
+        lifted = mean_prob.max(-1).values + 1e-6  # above every class, the vote's winner only
+        return winner, mean_prob.scatter(1, winner.unsqueeze(1), lifted.unsqueeze(1))
     scores = votes + 0.25 * mean_prob
     win_score = top.squeeze(1) + 0.5 + 0.25 * mean_prob.gather(1, winner.unsqueeze(1)).squeeze(1)
     scores = scores.scatter(1, winner.unsqueeze(1), win_score.unsqueeze(1))
@@ -190,14 +226,28 @@ class EventLayersConfig:
     project: bool = True  # learned per-modality Linear to embed_dim; false needs equal widths
     topk_fraction: float = in_range(0.1, "(0, 1]")  # k = round(fraction * T), at least 1 (paper: k = 10 of T = 100)
     topk: int | None = in_range(None, "[1, inf)")  # absolute k; overrides topk_fraction
-    vote_rule: Literal["majority", "plurality"] = "majority"  # paper: majority, else most confident
-    vote_tie_break: Literal["tied", "all"] = "tied"  # plurality only: how a shared top count is broken
-    fallback_votes: bool = False  # does the onset head vote for a clip without onsets (its fallback pool)?
+    # Paper 003 sec. 4.2, two readings (module docstring): plurality (its formula) or > half majority;
+    # both fall back to the most confident layer.
+    vote_rule: Literal["plurality", "majority"] = "plurality"
+    # plurality only, a shared top count: the most confident head of all (the paper's sentence) or
+    # of those voting for a tied class.
+    vote_tie_break: Literal["all", "tied"] = "all"
+    # what predict returns: mean probability with the winner lifted (top-5/mAP on probabilities),
+    # or vote counts + 0.25 * mean probability (the earlier score)
+    vote_output: Literal["probability", "counts"] = "probability"
+    # Does the onset head vote for a clip without onsets? Its fallback pool is the continuous
+    # head's evidence again (not in the paper, which does not say); false: it does not.
+    fallback_votes: bool = False
     predict_mode: Literal["auto", "vote", "mean"] = "auto"  # auto: vote (single-label), mean (multilabel)
     # Not in the paper (0 = off): a clip-level audio-visual InfoNCE on the mean projected features,
     # weighted into the loss, so that v_t . a_t measures correspondence (see module docstring).
     align_weight: float = in_range(0.0, "[0, inf)")
     align_temperature: float = in_range(0.1, "(0, inf)")
+    # visual/audio head init bound: "concat" 1/sqrt(2D), the paper's FC over concat(v, 0); "width" 1/sqrt(D)
+    unimodal_head_init: Literal["concat", "width"] = "concat"
+    # audio-only / video-only columns: the joint model's heads, or two separately trained
+    # single-modality models (projection, mean pool, FC), the paper's Table 1 baselines
+    unimodal: Literal["joint", "separate"] = "joint"
 
 
 class EventLayers(Strategy):
@@ -238,6 +288,18 @@ class EventLayers(Strategy):
             "visual": nn.Linear(width, c),
             "audio": nn.Linear(width, c),
         })
+        if cfg.unimodal_head_init == "concat":
+            bound = 1.0 / (2 * width) ** 0.5  # PyTorch's Linear(2D, C) default: U(-1/sqrt(fan_in), +)
+            for h in ("visual", "audio"):
+                nn.init.uniform_(self.heads[h].weight, -bound, bound)
+                nn.init.uniform_(self.heads[h].bias, -bound, bound)
+        self.separate: nn.ModuleDict | None = None
+        if cfg.unimodal == "separate":
+            dims = {"audio": features.audio_dim, "visual": features.video_dim}
+            self.separate = nn.ModuleDict({
+                h: nn.Sequential(nn.Linear(dims[h], width) if cfg.project else nn.Identity(), MeanPool(),
+                                 nn.Linear(width, c))
+                for h in ("visual", "audio")})
         self._fb = {"train": [0, 0], "eval": [0, 0]}  # [fallbacks, clips]; tensors or ints
         self._new_eval = True
 
@@ -306,6 +368,10 @@ class EventLayers(Strategy):
         self._new_eval = True
         logits, zv, za, _ = self._forward(batch.audio, batch.video, batch.onsets, count="train")
         losses = {h: self.loss_fn(v, batch.targets) for h, v in logits.items()}
+        if self.separate is not None:  # the separately trained unimodal baselines (disjoint parameters)
+            for h, x in (("visual", batch.video), ("audio", batch.audio)):
+                if x is not None:
+                    losses[f"separate_{h}"] = self.loss_fn(self.separate[h](x.float()), batch.targets)
         out: dict[str, Tensor] = {"loss": torch.stack(list(losses.values())).sum()}
         out.update({f"loss_{h}": v.detach() for h, v in losses.items()})
         if self.cfg.align_weight > 0 and zv is not None and za is not None:
@@ -340,6 +406,11 @@ class EventLayers(Strategy):
         if both and self._new_eval:
             self._fb["eval"] = [0, 0]
             self._new_eval = False
+        if not both and self.separate is not None:
+            h, x = ("audio", audio) if audio is not None else ("visual", video)
+            if x is None:
+                raise UserError("event_layers: predict needs at least one modality")
+            return self.separate[h](x.float())
         logits, _, _, fallback = self._forward(audio, video, onsets, count="eval" if both else None)
         if len(logits) == 1:
             return next(iter(logits.values()))
@@ -350,7 +421,7 @@ class EventLayers(Strategy):
         if mode == "mean":
             return stacked.float().mean(0)
         return vote_scores(stacked, self.task.multilabel, self.cfg.vote_tie_break, self.cfg.vote_rule,
-                           self.voters(list(logits), fallback))[1]
+                           self.voters(list(logits), fallback), self.cfg.vote_output)[1]
 
     def voters(self, heads: list[str], fallback: Tensor | None) -> Tensor | None:
         """``[H, B]`` bool: which of ``heads`` vote for each clip. The onset head of a clip without

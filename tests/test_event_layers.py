@@ -195,20 +195,26 @@ def test_a_head_that_does_not_vote_neither_counts_nor_decides():
     assert winner.tolist() == [0, 1] and scores.argmax(-1).tolist() == [0, 1]
 
 
+OLD_VOTE = dict(vote_rule="majority", vote_tie_break="tied", vote_output="counts")
+
+
 def test_fallback_onset_head_does_not_vote_unless_switched_on():
-    m = make()
+    m = make(EventLayersConfig(embed_dim=8, **OLD_VOTE))
     bt = batch(b=16)
     onsets = torch.zeros(16, 10, dtype=torch.bool)
     onsets[:8, ::3] = True  # clips 8-15 have no onsets: their onset head falls back
     with torch.no_grad():
         heads = m.head_logits(bt.audio, bt.video, onsets)
         pred = m.predict(bt.audio, bt.video, onsets)
-        on = make(EventLayersConfig(embed_dim=8, fallback_votes=True)).predict(bt.audio, bt.video, onsets)
+        on = make(EventLayersConfig(embed_dim=8, fallback_votes=True, **OLD_VOTE)).predict(bt.audio, bt.video, onsets)
+        default = make().predict(bt.audio, bt.video, onsets)
     stacked = torch.stack([heads[h] for h in HEADS])
     voters = torch.ones(5, 16, dtype=torch.bool)
     voters[HEADS.index("onset"), 8:] = False
     torch.testing.assert_close(pred, vote_scores(stacked, voters=voters)[1])
     torch.testing.assert_close(on, vote_scores(stacked)[1])
+    # The defaults (plurality, most confident of all, probability output) with the same voters.
+    torch.testing.assert_close(default, vote_scores(stacked, False, "all", "plurality", voters, "probability")[1])
     assert m.onset_fallback_stats()["eval_onset_fallbacks"] == 8.0  # still counted
 
 
@@ -227,7 +233,7 @@ def test_head_union_metrics_are_the_set_f1_of_the_union():
 
 
 def test_predict_returns_vote_scores_and_union_of_argmax():
-    m = make()
+    m = make(EventLayersConfig(embed_dim=8, **OLD_VOTE))
     bt = batch(b=16)
     onsets = torch.zeros(16, 10, dtype=torch.bool)
     onsets[:, 1::4] = True  # every clip has onsets: all five heads vote
@@ -396,3 +402,129 @@ def test_optional_alignment_loss_adds_a_weighted_infonce_term():
     assert aligned.proj_a.weight.grad.abs().sum() > 0
     with pytest.raises(UserError, match="align_weight"):
         make(EventLayersConfig(align_weight=-1.0))
+
+
+# --- the two readings of paper 003's vote, on every enumerated 5-head case -------------------------
+def _reference_vote(preds: tuple[int, ...], confs: tuple[float, ...], rule: str, tie_break: str = "all") -> int:
+    """Paper 003 sec. 4.2 read literally, one clip in plain Python (the specification the tests hold)."""
+    counts = {k: preds.count(k) for k in set(preds)}
+    top = max(counts.values())
+    leaders = [k for k, n in counts.items() if n == top]
+    if rule == "plurality" and len(leaders) == 1:  # argmax_k sum_i I(p_i = k), when unique
+        return leaders[0]
+    if rule == "majority" and top > len(preds) / 2:  # more than half of the voting layers
+        return leaders[0]
+    heads = range(len(preds))
+    if rule == "plurality" and tie_break == "tied":
+        heads = [i for i in heads if preds[i] in leaders]
+    return preds[max(heads, key=lambda i: confs[i])]  # the most confident layer
+
+
+def _enumerated(n_heads: int = 5, classes: int = 4) -> tuple[torch.Tensor, list, list]:
+    """Every n_heads-tuple of predictions over ``classes`` classes, each with every confidence order
+    from a fixed set (distinct confidences; the softmax confidence rises with the logit)."""
+    import itertools
+
+    orders = list(itertools.permutations(range(n_heads)))[::7]  # 18 of the 120 orders, all positions covered
+    preds_all, confs_all = [], []
+    for preds in itertools.product(range(classes), repeat=n_heads):
+        for order in orders:
+            preds_all.append(preds)
+            confs_all.append(tuple(1.0 + 0.5 * r for r in order))
+    logits = torch.zeros(n_heads, len(preds_all), classes)
+    p = torch.tensor(preds_all).t()  # [H, B]
+    logits.scatter_(2, p.unsqueeze(-1), torch.tensor(confs_all).t().unsqueeze(-1))
+    return logits, preds_all, confs_all
+
+
+@pytest.mark.parametrize("rule,tie_break", [("plurality", "all"), ("plurality", "tied"), ("majority", "all")])
+@pytest.mark.parametrize("output", ["probability", "counts"])
+def test_each_vote_switch_is_its_stated_reading_on_every_enumerated_case(rule, tie_break, output):
+    logits, preds, confs = _enumerated()
+    assert logits.shape == (5, 4 ** 5 * 18, 4)
+    winner, scores = vote_scores(logits, rule=rule, tie_break=tie_break, output=output)
+    expected = torch.tensor([_reference_vote(p, c, rule, tie_break) for p, c in zip(preds, confs)])
+    assert torch.equal(winner, expected)
+    assert torch.equal(scores.argmax(-1), expected)
+
+
+def test_the_readings_differ_exactly_where_a_plurality_is_no_majority():
+    logits, preds, confs = _enumerated()
+    plural = vote_scores(logits, rule="plurality", tie_break="all")[0]
+    major = vote_scores(logits, rule="majority")[0]
+    differ = (plural != major).tolist()
+    for d, p, c in zip(differ, preds, confs):
+        counts = sorted((p.count(k) for k in set(p)), reverse=True)
+        unique_minority_plurality = counts[0] == 2 and (len(counts) == 1 or counts[1] < 2)
+        # They can differ only on a unique 2-vote plurality (2-1-1-1 of five heads over four classes);
+        # there they differ exactly when the most confident layer is not one of the plurality's.
+        if not unique_minority_plurality:
+            assert not d, (p, c)
+        else:
+            leader = max(set(p), key=p.count)
+            assert d == (p[max(range(5), key=lambda i: c[i])] != leader), (p, c)
+    assert any(differ)
+
+
+def test_a_non_voting_onset_head_on_every_enumerated_case():
+    # The onset head (index 2) on its fallback pool does not vote: 4 voters, majority means 3 of 4.
+    logits, preds, confs = _enumerated()
+    voters = torch.ones(5, logits.shape[1], dtype=torch.bool)
+    voters[2] = False
+    for rule in ("plurality", "majority"):
+        winner = vote_scores(logits, rule=rule, tie_break="all", voters=voters)[0]
+        expected = [_reference_vote(p[:2] + p[3:], c[:2] + c[3:], rule) for p, c in zip(preds, confs)]
+        assert winner.tolist() == expected
+
+
+def test_probability_output_changes_only_the_winners_entry():
+    logits, _, _ = _enumerated(classes=6)
+    logits = logits[:, :2000] + 0.3 * torch.randn(5, 2000, 6, generator=torch.Generator().manual_seed(0))
+    winner, scores = vote_scores(logits, rule="plurality", tie_break="all", output="probability")
+    mean_prob = logits.softmax(-1).mean(0)
+    keep = torch.ones_like(scores, dtype=torch.bool).scatter(1, winner.unsqueeze(1), False)
+    assert torch.equal(scores[keep], mean_prob[keep])  # top-5 / mAP read the mean probabilities
+    torch.testing.assert_close(scores.gather(1, winner.unsqueeze(1)).squeeze(1),
+                               mean_prob.max(-1).values + 1e-6)
+    assert torch.equal(scores.argmax(-1), winner)  # top-1 is the vote
+    # Where the vote agrees with the mean probability's argmax, the ranking is the probabilities'.
+    agree = winner == mean_prob.argmax(-1)
+    assert agree.float().mean() > 0.5
+    assert torch.equal(scores[agree].argsort(-1)[:, 1:], mean_prob[agree].argsort(-1)[:, 1:])
+
+
+def test_unimodal_heads_initialised_as_the_papers_fc_over_the_2d_concat():
+    torch.manual_seed(0)
+    m = EventLayers(EventLayersConfig(embed_dim=200), FEAT, TaskSpec(num_classes=50))
+    old = EventLayers(EventLayersConfig(embed_dim=200, unimodal_head_init="width"), FEAT, TaskSpec(num_classes=50))
+    for h in ("visual", "audio"):
+        # U(-b, b) with b = 1/sqrt(2 * 200) = 0.05: the max of 10000 draws is within 0.1% of b.
+        assert 0.0495 < m.heads[h].weight.abs().max().item() <= 0.05
+        assert 0.0700 < old.heads[h].weight.abs().max().item() <= 1 / 200 ** 0.5
+        assert m.heads[h].bias.abs().max().item() <= 0.05
+    for h in ("continuous", "instant", "onset"):  # already Linear(2D, C)
+        assert 0.0495 < m.heads[h].weight.abs().max().item() <= 0.05
+
+
+def test_separate_unimodal_models_train_beside_the_joint_one_and_fill_the_unimodal_columns():
+    m = make(EventLayersConfig(embed_dim=8, unimodal="separate"))
+    bt = batch(b=6)
+    out = m.training_step(bt, 0)
+    assert {"loss_separate_audio", "loss_separate_visual"} <= set(out)
+    parts = [v.item() for k, v in out.items() if k.startswith("loss_")]
+    assert out["loss"].item() == pytest.approx(sum(parts), rel=1e-5)  # 5 heads + 2 separate models
+    out["loss"].backward()
+    assert m.separate["audio"][0].weight.grad.abs().sum() > 0
+    assert m.separate["audio"][0].weight.grad is not None and m.proj_a.weight.grad is not None
+    with torch.no_grad():
+        a_only = m.predict(bt.audio, None)
+        torch.testing.assert_close(a_only, m.separate["audio"][2](m.separate["audio"][0](bt.audio).mean(1)))
+        torch.testing.assert_close(m.predict(None, bt.video),
+                                   m.separate["visual"][2](m.separate["visual"][0](bt.video).mean(1)))
+        joint = make(EventLayersConfig(embed_dim=8))  # same seed: the joint parts are initialised alike
+        torch.testing.assert_close(m.predict(bt.audio, bt.video), joint.predict(bt.audio, bt.video))
+    # The separate models' parameters are disjoint from the joint model's: the joint losses give them
+    # no gradient.
+    m.zero_grad()
+    sum(m.loss_fn(v, bt.targets) for v in m.head_logits(bt.audio, bt.video).values()).backward()
+    assert m.separate["audio"][0].weight.grad is None
