@@ -188,6 +188,14 @@ class VQCodesConfig:
     ema_features: Literal["eval", "train"] = "eval"  # ["train"] codebook fitted on dropout-free features
     decoder_input: Literal["standardize", "raw"] = "standardize"  # ["raw"] downstream decoder input
     code_search: Literal["fp64", "fp32"] = "fp64"  # nearest-code search precision, outside autocast
+    # CMG's training, each a switch (issue 22; the public code's value in brackets; --recipe cmg docs)
+    club_form: Literal["per_step", "cmg"] = "per_step"  # ["cmg"] CLUB bound: per step, or mean over T first (CLUB.py:57-58)
+    reset_timing: Literal["avbench", "cmg"] = "avbench"  # ["cmg"] counter from 0, reset at >= N_re; or from -1, reset at > N_re
+    reset_rescale_ema: bool = True  # [False] the reset also rescales the EMA sum so it sticks; False: code vector only
+    downstream_encoder: Literal["eval", "train"] = "eval"  # ["train"] frozen encoder's mode downstream (train: dropout on)
+    downstream_decoders: Literal["shared", "per_modality"] = "shared"  # ["per_modality"] standard protocol: one decoder on both modalities' codes (fused = mean), or one per modality trained on it alone (no fused column)
+    pretrain_sampling: Literal["recipe", "uniform"] = "recipe"  # ["uniform"] pretraining batches: the recipe's sampler, or uniform (no labels)
+    precision: Literal["recipe", "fp64"] = "recipe"  # ["fp64"] fp64: every module and input in float64 (use with amp=fp32)
 
 
 class RunningStandardize(nn.Module):
@@ -259,7 +267,7 @@ class CodeDecoder(nn.Module):
         self.classifier = nn.Linear(dim, num_classes)
 
     def forward(self, codes: Tensor) -> Tensor:
-        return self.classifier(self.linear(self.norm(codes.float())).max(dim=1).values)
+        return self.classifier(self.linear(self.norm(codes.to(self.linear.weight.dtype))).max(dim=1).values)
 
 
 class VQCodes(Strategy):
@@ -281,7 +289,8 @@ class VQCodes(Strategy):
                                          else nn.Identity() for m in MODALITIES})
         self.codebook = MMEMACodebook(cfg.num_codes, w, decay=cfg.ema_decay, epsilon=cfg.ema_epsilon,
                                       init_bound=cfg.codebook_init or None,
-                                      search_dtype=torch.float64 if cfg.code_search == "fp64" else torch.float32)
+                                      search_dtype=torch.float64 if cfg.code_search == "fp64" else torch.float32,
+                                      reset_timing=cfg.reset_timing)
         self.cpc = CrossCPC(w, w, num_modalities=2, steps=cfg.cpc_steps, num_layers=cfg.cpc_layers,
                             self_weight=cfg.cpc_self_weight, min_start=cfg.cpc_min_start)
         if cfg.cpc_pred_init == "zero":
@@ -291,6 +300,15 @@ class VQCodes(Strategy):
                     nn.init.zeros_(lin.bias)
         self.club = nn.ModuleDict({m: CLUBSample(w, w, hidden=cfg.club_hidden) for m in MODALITIES})
         self.decoder = CodeDecoder(w, task.num_classes, standardize=cfg.decoder_input == "standardize")
+        if cfg.downstream_decoders == "per_modality":
+            # self.decoder serves audio (and the cross-modal protocol's one decoder); video has its own.
+            self.video_decoder = CodeDecoder(w, task.num_classes, standardize=cfg.decoder_input == "standardize")
+            self.capabilities = dataclasses.replace(type(self).capabilities, fusion=False, reasons={
+                "fusion": "downstream_decoders=per_modality: each modality's decoder is trained on it alone "
+                          "(CMG's protocol), so no fused prediction is defined"})
+        if cfg.precision == "fp64":
+            self.double()
+        self._dtype = torch.float64 if cfg.precision == "fp64" else torch.float32
         # The CLUB estimators have their own optimizers and are excluded from trainable_parameters().
         self._club_opt = {m: torch.optim.Adam(self.club[m].parameters(), lr=cfg.club_lr) for m in MODALITIES}
         self._reset_generator = torch.Generator().manual_seed(0)
@@ -305,7 +323,7 @@ class VQCodes(Strategy):
         is set, weight decay, run length) plus the pretraining lr on its own: the unlabelled stage is
         a different problem from training a linear decoder (the paper uses 4e-4 and 2.5e-4), and the
         encoder collapses at too high a rate (issue 18), so one shared lr would tie the two."""
-        from avbench.tune import default_space
+        from avbench.api import default_space
 
         return {**default_space(recipe), "pretrain_lr": {"type": "float", "low": 1e-4, "high": 2e-3, "log": True}}
 
@@ -344,12 +362,32 @@ class VQCodes(Strategy):
         return epochs if self.cfg.downstream_epochs is None else self.cfg.downstream_epochs
 
     def stage_recipe(self, stage: str, recipe: Any) -> Any:
+        """The stage's full recipe: the run's, with this stage's lr, clip and (pretraining) sampler.
+
+        The engine reads per stage: optimizer (lr, betas, weight decay), schedule, clipping, batch
+        size, sampler, mixup, label smoothing and time roll; once per run: precision (``amp``), the
+        per-step L2 norm (evaluation shares it) and device residency."""
         lr = self.cfg.pretrain_lr if stage == "pretrain" else self.cfg.downstream_lr
-        changes = {k: v for k, v in (("lr", lr), ("grad_clip", self.cfg.grad_clip)) if v is not None}
+        changes: dict[str, Any] = {k: v for k, v in (("lr", lr), ("grad_clip", self.cfg.grad_clip)) if v is not None}
+        if stage == "pretrain" and self.cfg.pretrain_sampling == "uniform":
+            changes["balanced_sampling"] = False  # no labels in this stage: CMG's loader is uniform
         return dataclasses.replace(recipe, **changes) if changes else recipe
+
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """Parameter groups clipped one by one under ``grad_clip_scope=module``: CMG's models
+        (pretrain.py:534-536, ave.py:233-235), i.e. its Encoder (semantic and specific encoders), its
+        CPC, and its Decoder (reconstruction decoders in pretraining, the downstream decoders after)."""
+        trainable = {id(p) for p in self.trainable_parameters()}
+        decoders = [self.recon, self.decoder] + ([self.video_decoder] if hasattr(self, "video_decoder") else [])
+        groups = [[self.input_norm, self.semantic, self.specific, self.codebook], [self.cpc], decoders]
+        out = [[p for mod in g for p in mod.parameters() if id(p) in trainable] for g in groups]
+        return [g for g in out if g]
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.input_norm, self.semantic, self.specific, self.recon, self.codebook, self.cpc, self.club]
+
+    def decoders(self) -> list[nn.Module]:
+        return [self.decoder] + ([self.video_decoder] if hasattr(self, "video_decoder") else [])
 
     def begin_stage(self, stage: str) -> None:
         if stage not in self.stages:
@@ -358,7 +396,8 @@ class VQCodes(Strategy):
         if stage == "downstream":
             for m in self.frozen_modules():
                 m.requires_grad_(False)
-            self.decoder.requires_grad_(True)
+            for d in self.decoders():
+                d.requires_grad_(True)
         else:
             self.requires_grad_(True)
         for m in MODALITIES:  # input statistics come from pretraining only
@@ -369,7 +408,9 @@ class VQCodes(Strategy):
 
     def train(self, mode: bool = True) -> "VQCodes":
         super().train(mode)
-        if getattr(self, "stage", None) == "downstream":  # frozen encoders never run dropout
+        # Frozen encoders run without dropout, unless downstream_encoder=train (CMG's ave.py leaves its
+        # Encoder in train mode: dropout on, under no_grad)
+        if getattr(self, "stage", None) == "downstream" and self.cfg.downstream_encoder == "eval":
             for m in self.frozen_modules():
                 m.eval()
         return self
@@ -402,8 +443,8 @@ class VQCodes(Strategy):
 
     # --- encoding -----------------------------------------------------------------------------
     def encode(self, x: Tensor, modality: str) -> tuple[Tensor, Tensor, Tensor]:
-        """``(semantic [B,T,W] float32, code indices [B,T], codes [B,T,W])`` for one modality."""
-        z = self.semantic[modality](self.input_norm[modality](x.float())).float()
+        """``(semantic [B,T,W] float32 (float64 under precision=fp64), code indices [B,T], codes [B,T,W])``."""
+        z = self.semantic[modality](self.input_norm[modality](x.to(self._dtype))).to(self._dtype)
         idx, codes = self.codebook.quantize(z)
         return z, idx, codes
 
@@ -418,7 +459,8 @@ class VQCodes(Strategy):
         if batch.audio is None or batch.video is None:
             raise UserError("vq_codes pretraining needs paired audio and video in every batch; "
                             "a modality was withheld in the unsupervised stage")
-        x = {m: self.input_norm[m](v.float()) for m, v in (("audio", batch.audio), ("video", batch.video))}
+        f = self._dtype
+        x = {m: self.input_norm[m](v.to(f)) for m, v in (("audio", batch.audio), ("video", batch.video))}
         other = {"audio": "video", "video": "audio"}
         if self.training:
             self._note_batch(batch)
@@ -428,7 +470,7 @@ class VQCodes(Strategy):
             spec[m] = self.specific[m](x[m])
         dev_type = batch.audio.device.type
         with torch.autocast(device_type=dev_type, enabled=False):
-            zf = {m: z[m].float() for m in MODALITIES}
+            zf = {m: z[m].to(f) for m in MODALITIES}
             idx, codes, q = {}, {}, {}
             for m in MODALITIES:
                 idx[m], codes[m] = self.codebook.quantize(zf[m])
@@ -445,9 +487,10 @@ class VQCodes(Strategy):
             else:
                 lld[m] = q[m].new_zeros(())
             self.club[m].requires_grad_(False)
-            mi[m] = self.club[m].mi_estimate(q[m], spec[m].float()) if cfg.mi_weight else q[m].new_zeros(())
+            mi[m] = (self.club[m].mi_estimate(q[m], spec[m].to(f), form=cfg.club_form) if cfg.mi_weight
+                     else q[m].new_zeros(()))
         cpc_loss, cpc_acc = self.cpc([z["audio"], z["video"]])
-        recon = sum(F.mse_loss(self.recon[m](q[m].to(spec[m].dtype), spec[m]).float(), x[m].float())
+        recon = sum(F.mse_loss(self.recon[m](q[m].to(spec[m].dtype), spec[m]).to(f), x[m].to(f))
                     for m in MODALITIES)
         loss = (cfg.recon_weight * recon + commit + cfg.mi_weight * (mi["audio"] + mi["video"])
                 + cfg.cpc_weight * cpc_loss + cfg.cmcm_weight * cmcm)
@@ -475,7 +518,7 @@ class VQCodes(Strategy):
             was = [mod.training for mod in self.semantic.values()]
             self.semantic.eval()
             try:
-                z = {m: self.semantic[m](z[m]).float() for m in MODALITIES}
+                z = {m: self.semantic[m](z[m]).to(self._dtype) for m in MODALITIES}
             finally:
                 for mod, w in zip(self.semantic.values(), was):
                     mod.train(w)
@@ -496,7 +539,7 @@ class VQCodes(Strategy):
                 used = (torch.bincount(idx["audio"].flatten(), minlength=m)
                         + torch.bincount(idx["video"].flatten(), minlength=m)) > 0
                 n = self.codebook.reset_dead(used, after, min(cfg.reset_active_window, after), cfg.reset_noise,
-                                             generator=self._reset_generator)
+                                             generator=self._reset_generator, rescale_ema=cfg.reset_rescale_ema)
                 self._diag["codes_reset"] += n
 
     def _note_batch(self, batch: Batch) -> None:
@@ -525,7 +568,7 @@ class VQCodes(Strategy):
         for m in mods:
             if given[m] is None:
                 continue
-            loss = self.loss_fn(self.decoder(self.codes(given[m], m)), batch.targets)
+            loss = self._loss(self.decoder_for(m)(self.codes(given[m], m)), batch.targets)
             out[f"loss_{m}"] = loss.detach()
             losses.append(loss)
         if not losses:
@@ -533,14 +576,35 @@ class VQCodes(Strategy):
         out["loss"] = torch.stack(losses).mean()
         return out
 
+    def _loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """The task loss; under ``precision=fp64`` the same formulas in float64 (the shared one is fp32)."""
+        if self._dtype != torch.float64:
+            return self.loss_fn(logits, targets)
+        targets = targets.double()
+        if self.task.multilabel:
+            return F.binary_cross_entropy_with_logits(logits.double(), targets)
+        return torch.sum(-targets * F.log_softmax(logits.double(), dim=-1), dim=-1).mean()
+
     # --- inference ----------------------------------------------------------------------------
     def codes(self, x: Tensor, modality: str) -> Tensor:
         """The frozen code vectors ``[B, T, W]`` of one modality (no gradient)."""
         with torch.no_grad():
             return self.encode(x, modality)[2]
 
+    def decoder_for(self, modality: str) -> nn.Module:
+        """The decoder that reads ``modality``'s codes: the shared one, or (``per_modality`` under the
+        standard protocol) the modality's own; the cross-modal protocol always has one decoder."""
+        if modality == "video" and hasattr(self, "video_decoder") and self._train_modality_any() is None:
+            return self.video_decoder
+        return self.decoder
+
+    def _train_modality_any(self) -> str | None:
+        return getattr(self, "_train_modality", None)
+
     def predict(self, audio: Tensor | None, video: Tensor | None) -> Tensor:
-        logits = [self.decoder(self.codes(x, m)) for m, x in zip(MODALITIES, (audio, video)) if x is not None]
+        if audio is not None and video is not None and not self.capabilities.fusion:
+            raise ValueError("vq_codes with downstream_decoders=per_modality defines no fused prediction")
+        logits = [self.decoder_for(m)(self.codes(x, m)) for m, x in zip(MODALITIES, (audio, video)) if x is not None]
         if not logits:
             raise ValueError("predict needs audio or video")
         return torch.stack(logits).mean(0)

@@ -13,8 +13,6 @@ with another clip's feature at the same step.
 
 from __future__ import annotations
 
-from typing import Iterable
-
 import torch
 from torch import Tensor, nn
 
@@ -51,11 +49,27 @@ class CLUBSample(nn.Module):
     def learning_loss(self, x: Tensor, y: Tensor) -> Tensor:
         return -self.log_likelihood(x, y)
 
-    def mi_estimate(self, x: Tensor, y: Tensor, perm: Tensor | None = None) -> Tensor:
-        """The sampled CLUB bound: mean of log q(y_i|x_i) - log q(y_perm(i)|x_i) (the logvar terms cancel)."""
+    def mi_estimate(self, x: Tensor, y: Tensor, perm: Tensor | None = None, form: str = "per_step") -> Tensor:
+        """The sampled CLUB bound: mean of log q(y_i|x_i) - log q(y_perm(i)|x_i) (the logvar terms cancel).
+
+        ``form="per_step"`` (Cheng et al.): every sample ``[..., D]`` is a Gaussian with its own
+        variance, the bound is averaged over all leading dims. ``form="cmg"`` (Uni-Code's
+        ``CLUBSample_group.mi_est``, for ``[B, T, D]``): squared errors are averaged over T first and
+        divided by ``exp(mean_T logvar)``, summed over D, averaged over B, halved. The two differ
+        whenever the log-variance varies over T (measured 2.866 vs 1.728 on the same heads, issue 22).
+        """
         mu, logvar = self.mu_logvar(x)
         if perm is None:
             perm = torch.randperm(y.shape[0], device=y.device)
+        if form == "cmg":
+            if y.dim() != 3:
+                raise ValueError("the cmg CLUB form needs [B, T, D] inputs")
+            inv_var = (-logvar.mean(1)).exp()  # [B, D]
+            positive = -((mu - y) ** 2).mean(1) * inv_var
+            negative = -((mu - y[perm]) ** 2).mean(1) * inv_var
+            return (positive.sum(-1) - negative.sum(-1)).mean() / 2
+        if form != "per_step":
+            raise ValueError(f"unknown CLUB form '{form}' (per_step or cmg)")
         inv_var = (-logvar).exp()
         positive = -((mu - y) ** 2 * inv_var).sum(-1) / 2
         negative = -((mu - y[perm]) ** 2 * inv_var).sum(-1) / 2
@@ -66,12 +80,13 @@ def fit_estimator(net: CLUBSample, optimizer: torch.optim.Optimizer, x: Tensor, 
                   steps: int) -> list[Tensor]:
     """``steps`` maximum-likelihood updates of ``net`` on detached ``(x, y)``; returns the log-likelihoods.
 
-    Runs in float32 with autocast off and gradients on, whatever the caller's context, and touches
+    Runs in the net's dtype (float32, or float64 for a double net) with autocast off and gradients on, whatever the caller's context, and touches
     only ``net``'s parameters (the caller's graph is not involved: the inputs are detached).
     """
-    x = x.detach().float()
-    y = y.detach().float()
-    params: Iterable[nn.Parameter] = list(net.parameters())
+    params: list[nn.Parameter] = list(net.parameters())
+    dtype = params[0].dtype if params else torch.float32  # float32, or float64 when the net is double
+    x = x.detach().to(dtype)
+    y = y.detach().to(dtype)
     saved = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(True)

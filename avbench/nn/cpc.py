@@ -62,7 +62,8 @@ class CrossCPC(nn.Module):
                 correct = feats[0].new_zeros(())
                 for k in range(self.steps):
                     target = feats[dst][:, anchor + 1 + k]
-                    scores = target.float() @ preds[src][k].float().t()  # [B targets, B predictions]
+                    dt = torch.promote_types(target.dtype, torch.float32)  # float32, or float64 for double inputs
+                    scores = target.to(dt) @ preds[src][k].to(dt).t()  # [B targets, B predictions]
                     if w:
                         loss = loss + w * F.cross_entropy(scores, targets, reduction="sum")
                     correct = correct + (scores.argmax(1) == arange).float().mean()

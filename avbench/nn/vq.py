@@ -91,9 +91,13 @@ class MMEMACodebook(nn.Module):
     """
 
     def __init__(self, num_codes: int, dim: int, decay: float = 0.99, epsilon: float = 1e-5,
-                 init_bound: float | None = None, search_dtype: torch.dtype = torch.float64):
+                 init_bound: float | None = None, search_dtype: torch.dtype = torch.float64,
+                 reset_timing: str = "avbench"):
         super().__init__()
+        if reset_timing not in ("avbench", "cmg"):
+            raise ValueError(f"unknown reset timing '{reset_timing}' (avbench or cmg)")
         self.num_codes, self.dim = num_codes, dim
+        self.reset_timing = reset_timing
         self.search_dtype = search_dtype
         self.decay, self.epsilon = decay, epsilon
         bound = 1.0 / num_codes if init_bound is None else init_bound
@@ -101,7 +105,10 @@ class MMEMACodebook(nn.Module):
         self.register_buffer("embedding", emb)
         self.register_buffer("ema_count", torch.zeros(num_codes))
         self.register_buffer("ema_weight", emb.clone())
-        self.register_buffer("unused_for", torch.zeros(num_codes, dtype=torch.long))
+        # "cmg": the public code's counter starts at -1 (main_model_2.py:1014), so a code never selected
+        # is one batch younger than under "avbench", which starts at 0.
+        start = -1 if reset_timing == "cmg" else 0
+        self.register_buffer("unused_for", torch.full((num_codes,), start, dtype=torch.long))
 
     # --- lookup ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -142,10 +149,11 @@ class MMEMACodebook(nn.Module):
         m = self.num_codes
         counts, sums = [], []
         for z, idx, partner in groups:
-            z = z.detach().reshape(-1, self.dim).float()
+            dt = self.embedding.dtype  # float32, or float64 for a double codebook
+            z = z.detach().reshape(-1, self.dim).to(dt)
             idx = idx.reshape(-1)
             target = z if partner is None else (1 - partner_weight) * z + partner_weight * partner.detach().reshape(
-                -1, self.dim).float()
+                -1, self.dim).to(dt)
             counts.append(torch.bincount(idx, minlength=m).to(z.dtype))
             sums.append(torch.zeros(m, self.dim, dtype=z.dtype, device=z.device).index_add_(0, idx, target))
         if sequential:
@@ -167,8 +175,15 @@ class MMEMACodebook(nn.Module):
     # --- dead-code reset ------------------------------------------------------------------------
     @torch.no_grad()
     def reset_dead(self, used: Tensor, after: int, active_window: int = 100, noise: float = 1.0 / 1024,
-                   generator: torch.Generator | None = None) -> int:
+                   generator: torch.Generator | None = None, rescale_ema: bool = True) -> int:
         """Count one batch; re-initialise codes unused by every modality for ``after`` batches.
+
+        Timing (``reset_timing`` at construction): "avbench" resets a code once its counter reaches
+        ``after`` (counters start at 0); "cmg" is the public code's rule, counters start at -1 and a
+        code is reset once its counter *exceeds* ``after`` (main_model_2.py:1014,1145): a code never
+        selected is reset at batch ``after + 2`` instead of ``after``, a code last selected at batch j
+        at ``j + after + 1`` instead of ``j + after``. ``rescale_ema=False`` writes only the code
+        vector, as the public code does (its next EMA step then recomputes the code from the old sums).
 
         ``used`` is a ``[M]`` bool mask of codes any modality selected in this batch. A dead code is
         moved onto a random recently used code (unused for fewer than ``active_window`` batches) plus
@@ -178,18 +193,20 @@ class MMEMACodebook(nn.Module):
         """
         self.unused_for += 1
         self.unused_for[used.to(self.unused_for.device)] = 0
-        dead = (self.unused_for >= after).nonzero().flatten()
+        over = self.unused_for > after if self.reset_timing == "cmg" else self.unused_for >= after
+        dead = over.nonzero().flatten()
         if dead.numel() == 0:
             return 0
-        active = ((self.unused_for < active_window) & (self.unused_for < after)).nonzero().flatten()
+        active = ((self.unused_for < active_window) & ~over & (self.unused_for >= 0)).nonzero().flatten()
         if active.numel() == 0:
             return 0
         dev = self.embedding.device
         pick = active[torch.randint(active.numel(), (dead.numel(),), generator=generator, device="cpu").to(dev)]
         jitter = (torch.rand(dead.numel(), self.dim, generator=generator) * 2 - 1).to(dev) * noise
-        new = self.embedding[pick] + jitter
+        new = self.embedding[pick] + jitter.to(self.embedding.dtype)
         self.embedding[dead] = new
-        self.ema_weight[dead] = new * self.ema_count[dead, None]
+        if rescale_ema:
+            self.ema_weight[dead] = new * self.ema_count[dead, None]
         self.unused_for[dead] = 0
         return int(dead.numel())
 
