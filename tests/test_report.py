@@ -23,10 +23,10 @@ def test_t_interval_over_seeds_on_known_values():
 
 
 def test_converged_counts_from_the_mean_of_the_0_1_flag():
-    from avbench.report.document import _converged, converged_count
+    from avbench.report.cells import converged, converged_count
 
-    assert converged_count(mean_std_ci([1.0, 0.0, 1.0])) == (2, 3) and _converged(mean_std_ci([1.0, 0.0, 1.0])) == "2/3 ⚠"
-    assert _converged(mean_std_ci([1.0, 1.0])) == "2/2" and _converged(None) == "-"
+    assert converged_count(mean_std_ci([1.0, 0.0, 1.0])) == (2, 3) and converged(mean_std_ci([1.0, 0.0, 1.0])) == "2/3 ⚠"
+    assert converged(mean_std_ci([1.0, 1.0])) == "2/2" and converged(None) == "-"
 
 
 def test_ci_overlap_on_known_intervals():

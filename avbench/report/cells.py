@@ -1,0 +1,74 @@
+"""How numbers are written in the report: percentages, ``mean ± std (interval)`` cells, counts, the
+converged column, and how a row was configured (tuned, a sweep point, fields set, or the defaults).
+
+Why one place: the same number must read the same in every table of the report and in ``avbench
+table``; intervals are clipped to the metric's range here (``results.clip_interval``).
+"""
+
+from __future__ import annotations
+
+import math
+
+from avbench import results
+from avbench.metrics.stats import mean_std_ci
+from avbench.report.table import format_count
+
+TITLES = {"audio": "Audio", "video": "Video", "fusion": "Fusion"}
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def pct(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{100 * v:.{digits}f}"
+
+
+def cell(s: dict[str, float] | None, metric: str = "acc") -> str:
+    """``mean ± std (ci_low–ci_high)`` in percent; CI only with 2+ seeds, clipped to the metric's range."""
+    if not s or s.get("n", 0) == 0 or not _finite(s.get("mean")):
+        return "-"
+    if s["n"] == 1:
+        return f"{pct(s['mean'])} (1 seed)"
+    lo, hi = results.clip_interval(s, metric)
+    return f"{pct(s['mean'])} ± {pct(s['std'])} ({pct(lo)}–{pct(hi)})"
+
+
+def mean_std_text(values: list[float], scale: float = 100.0, digits: int = 2, signed: bool = False) -> str:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return "-"
+    s = mean_std_ci(vals)
+    f = f"{{:{'+' if signed else ''}.{digits}f}}"
+    mean = scale * s["mean"]
+    m = f.format(0.0 if abs(mean) < 0.5 * 10 ** -digits else mean)  # no "-0.00"
+    return m if s["n"] == 1 else f"{m} ± {scale * s['std']:.{digits}f}"
+
+
+def rate(s: dict[str, float] | None) -> str:
+    return "-" if not s or not math.isfinite(s.get("mean", float("nan"))) else f"{s['mean']:.0f}"
+
+
+def converged_count(s: dict[str, float] | None) -> tuple[int, int] | None:
+    """``(seeds converged, seeds with a recorded flag)`` from the mean of the 0/1 ``converged`` metric."""
+    if not s or not s.get("n"):
+        return None
+    n = int(s["n"])
+    return int(round(s["mean"] * n)), n
+
+
+def converged(s: dict[str, float] | None) -> str:
+    got = converged_count(s)
+    return "-" if got is None else f"{got[0]}/{got[1]}" + ("" if got[0] == got[1] else " ⚠")
+
+
+def converged_json(s: dict[str, float] | None) -> dict[str, int] | None:
+    got = converged_count(s)
+    return None if got is None else {"seeds_converged": got[0], "seeds_flagged": got[1]}
+
+
+def params_text(s: dict[str, float] | None) -> str:
+    if not s or not math.isfinite(s.get("mean", float("nan"))):
+        return "-"
+    return format_count(s["mean"])
+
