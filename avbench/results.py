@@ -42,6 +42,13 @@ def command() -> list[str]:
     return list(_command) if _command is not None else list(sys.argv)
 
 
+def use_command(argv: list[str] | None) -> None:
+    """Record ``argv`` exactly (None: forget it). A job run by an executor elsewhere records the command
+    of the driver that asked for it, not its worker's argv (``avbench.executor.ray_backend``)."""
+    global _command
+    _command = list(argv) if argv is not None else None
+
+
 def metric_name(key: str) -> str:
     """The MLflow-legal spelling of a metric key; the one used in JSON, MLflow and tables."""
     return key.replace("@", "_at")

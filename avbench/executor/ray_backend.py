@@ -8,13 +8,22 @@ local one for the sweep and stops it afterwards.
 
 Every node must be able to import avbench (the same install) and read the cache path, and MLflow must
 be reachable from every node (a tracking server; see the README).
+
+A job records the avbench command that asked for it, as a local worker does: the driver's command
+line travels with the task (``results.use_command``), so ``provenance.command``, ``mlflow.source.name``
+and the run description say ``avbench sweep ...``, never Ray's ``default_worker.py``. A job's warnings
+and errors reach the user's console: Ray forwards each task's output to the driver, and every message
+of the ``avbench`` logger is prefixed with the job (``[uavm s_dim=64 seed 1] warning: ...``).
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from typing import Any
 
+from avbench import results
 from avbench.errors import UserError
 from avbench.executor.base import (
     Executor,
@@ -24,6 +33,40 @@ from avbench.executor.base import (
     describe_error,
     execute,
 )
+
+
+class _JobFormat(logging.Formatter):
+    """``[job] warning: message``: which job said it, on a console that shows many jobs."""
+
+    def __init__(self, job: str):
+        super().__init__()
+        self.job = job
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"[{self.job}] {record.levelname.lower()}: {record.getMessage()}"
+
+
+def execute_recorded(job: Job, resources: Resources, command: list[str]) -> Outcome:
+    """The Ray task: ``execute`` with the driver's command line recorded as this job's, and the avbench
+    logger's warnings and errors on stderr prefixed with the job (Ray forwards them to the driver)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(_JobFormat(job.label or job.key))
+    logger = logging.getLogger("avbench")
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False  # once, through this handler
+    if logger.getEffectiveLevel() > logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    results.use_command(command)
+    try:
+        return execute(job, resources)
+    finally:
+        results.use_command(None)
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+        handler.flush()
 
 
 def import_ray() -> Any:
@@ -49,7 +92,7 @@ class RayExecutor(Executor):
         self._owns = not ray.is_initialized()
         if self._owns:
             try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False, **(init_kwargs or {}))
+                ray.init(address=address, include_dashboard=False, log_to_driver=True, **(init_kwargs or {}))
             except ConnectionError as e:
                 raise UserError(f"--address {address}: cannot reach a Ray cluster ({e})") from None
         self._threads = threads_per_job
@@ -64,7 +107,8 @@ class RayExecutor(Executor):
                 raise UserError(f"--gpus-per-job {self._gpus:g}: the Ray cluster has {cluster.get('GPU', 0):g} GPU(s)")
         if cluster.get("CPU", 0) < threads_per_job:
             raise UserError(f"--threads-per-job {threads_per_job}: the Ray cluster has {cluster.get('CPU', 0):g} CPU(s)")
-        self._task = ray.remote(execute).options(num_cpus=threads_per_job, num_gpus=self._gpus, max_retries=0)
+        self._task = ray.remote(execute_recorded).options(name="avbench", num_cpus=threads_per_job,
+                                                          num_gpus=self._gpus, max_retries=0)
         self._refs: dict[Any, str] = {}
         self._closed = False
 
@@ -81,7 +125,7 @@ class RayExecutor(Executor):
             raise RuntimeError("executor is closed")
         # Ray assigns GPUs itself (CUDA_VISIBLE_DEVICES per task); only the threads travel with the job.
         res = Resources(threads=self._threads, gpus=self._gpus, env=self._env)
-        self._refs[self._task.remote(job, res)] = job.key
+        self._refs[self._task.remote(job, res, results.command())] = job.key
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         if not self._refs:
