@@ -103,21 +103,33 @@ Other choices, stated:
   only in the labelled (downstream) stage -- :attr:`train_modality` reads ``None`` during
   pretraining, so the engine passes both modalities there.
 
-Recipe notes: the paper pretrains with Adam lr 4e-4 (downstream 2.5e-4), batch 64, grad clip 0.5 in
-the code, 6 epochs. By default the run's recipe (the one every strategy shares) applies to both
-stages; ``--set pretrain_lr=4e-4 --set downstream_lr=2.5e-4 --set model.grad_clip=0.5`` gives the
-paper's per-stage settings (``grad_clip`` alone is ambiguous: the recipe has one too; the batch size
-stays the run's: ``--set train.batch_size=64``). The public code's choices throughout:
-``--set input_norm=none --set cpc_pred_init=default --set ema_features=train --set decoder_input=raw
---set reset_after=300 --set cpc_steps=1 --set cpc_layers=2 --set ema_partner=aligned
---set ema_sequential=true --set commit_beta=0.5``.
+Recipe notes: by default the run's recipe (the one every strategy shares: Adam betas (0.95, 0.999),
+weight decay 5e-7, lr halved every epoch, balanced sampling, per-step L2 norm, time roll, mixup and
+label smoothing downstream) drives both stages; ``pretrain_lr``/``downstream_lr``/``grad_clip``
+change only the lr and clip of a stage. CMG's own training is ``--recipe cmg --preset cmg``: the
+recipe holds the loop (Adam defaults, constant lr, uniform batches, no L2 norm / roll / mixup /
+label smoothing, clip 0.5 per model), the preset every switch of this table and the ones below at the
+public code's value (lr 4e-4 both stages, float64, CLUB ``club_form=cmg``, ``reset_timing=cmg``, code-only
+reset, downstream encoder in train mode, one decoder per modality). Dataset-sized settings stay the
+card's (CMG's scripts: ``--set train.batch_size=80``, 30 downstream epochs). docs/equivalence.md lists
+every remaining difference.
+
+CMG switches (public code's value in brackets): ``club_form`` [cmg] -- the bound averaged over T
+before dividing by exp(mean_T logvar) (CLUB.py:57-58) or per step (default); ``reset_timing`` [cmg] --
+counters from -1, reset when above N_re (main_model_2.py:1014,1145) or from 0 at >= N_re (default, one
+or two batches earlier); ``reset_rescale_ema`` [false]; ``downstream_encoder`` [train] -- dropout on in
+the frozen encoder under no_grad (ave.py:177,201) or eval mode (default); ``downstream_decoders``
+[per_modality] -- under the standard protocol one decoder per modality trained on that modality alone
+(CMG trains on one modality, ave_va/ave_av; no fused column), or one shared decoder on both
+modalities' codes with the fused column the mean of the two logits (default); the cross-modal
+protocol is CMG's ave_va/ave_av either way; ``pretrain_sampling`` [uniform]; ``precision`` [fp64].
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -276,6 +288,17 @@ class VQCodes(Strategy):
     capabilities: ClassVar[Capabilities] = Capabilities(
         audio_only=True, video_only=True, fusion=True, embeddings=True, cross_modal=True)
     stages: ClassVar[tuple[str, ...]] = ("pretrain", "downstream")
+    # ``--preset cmg`` (with ``--recipe cmg``): every switch at the public code's value (CMG code/src at
+    # 3b31fa0; benchmarks/equivalence/cmg.py checks the modules against it). CMG's scripts use lr 4e-4
+    # and clip 0.5 in both stages (pretrain.sh, ave.sh), 6 pretraining epochs, float64.
+    presets: ClassVar[Mapping[str, Mapping[str, object]]] = {
+        "cmg": {"input_norm": "none", "cpc_pred_init": "default", "ema_features": "train", "decoder_input": "raw",
+                "reset_after": 300, "cpc_steps": 1, "cpc_layers": 2, "ema_partner": "aligned",
+                "ema_sequential": True, "commit_beta": 0.5, "club_form": "cmg", "reset_timing": "cmg",
+                "reset_rescale_ema": False, "downstream_encoder": "train", "downstream_decoders": "per_modality",
+                "pretrain_sampling": "uniform", "precision": "fp64", "code_search": "fp64",
+                "pretrain_lr": 4e-4, "downstream_lr": 4e-4, "grad_clip": 0.5, "pretrain_epochs": 6},
+    }
 
     def __init__(self, cfg: VQCodesConfig, features: FeatureSpec, task: TaskSpec):
         self.check_compatible(cfg, features, task)

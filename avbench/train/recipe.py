@@ -7,7 +7,7 @@ learning rate and a smaller batch because it is small). Every field is settable 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from avbench.config import in_range  # value ranges, checked by apply_overrides
 
@@ -31,6 +31,9 @@ class Recipe:
     amp: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 where native and faster (avbench.hardware)
     compile: bool = False  # torch.compile the strategy
     grad_clip: float = in_range(0.0, "[0, inf)")  # max gradient norm; 0 disables
+    # "global": one norm over every trainable parameter; "module": each of the strategy's
+    # clip_groups() (default: its top-level submodules) clipped on its own, as CMG clips per model
+    grad_clip_scope: Literal["global", "module"] = "global"
     eval_batch_size: int = in_range(512, "[1, inf)")
     eval_every_epoch: bool = True
     retrieval_per_class: int = in_range(5, "[1, inf)")  # stratified subset size per class for A<->V retrieval
@@ -67,7 +70,28 @@ RECIPES: dict[str, dict[str, object]] = {
     "default": {},
     "reference": {"amp": "fp32", "idle_grads": "zero", "mixup_partner": "split",
                   "label_arithmetic": "reference", "validation": "off"},
+    # CMG's pretrain.py / ave.py loops (haihuangcode/CMG code/src at 3b31fa0), for vq_codes with
+    # ``--preset cmg``: Adam with torch's defaults (pretrain.py:327), lr constant over the run
+    # (MultiStepLR [10,20,30] never fires in 6 epochs; ave.py has none), shuffled batches with no
+    # label weighting and no drop_last, no L2 norm, time roll, mixup or label smoothing (plain CE),
+    # clip 0.5 per model (pretrain.py:534-536), fp32 here (float64: the preset's precision=fp64).
+    # Dataset-sized settings (batch, epochs) stay the card's; CMG's scripts use batch 80.
+    "cmg": {"beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0, "lr_decay": 1.0, "schedule": "epoch",
+            "balanced_sampling": False, "drop_last": False, "mixup_prob": 0.0, "label_smoothing": 0.0,
+            "l2_norm": False, "time_roll": False, "amp": "fp32", "grad_clip": 0.5, "grad_clip_scope": "module",
+            "validation": "off"},
 }
+
+
+def clip_groups(strategy: Any) -> list[list[Any]]:
+    """Parameter groups for ``grad_clip_scope="module"``: the strategy's ``clip_groups()`` when it has
+    one, else its top-level submodules' trainable parameters (empty groups dropped)."""
+    own = getattr(strategy, "clip_groups", None)
+    if callable(own):
+        return own()
+    trainable = {id(p) for p in strategy.trainable_parameters()}
+    groups = [[p for p in child.parameters() if id(p) in trainable] for child in strategy.children()]
+    return [g for g in groups if g]
 
 
 def recipe_overrides(name: str) -> dict[str, object]:
