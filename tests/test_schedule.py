@@ -3,12 +3,13 @@
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 
 from avbench import runner
 from avbench.train.engine import Engine
 from avbench.train.recipe import Recipe
-from avbench.train.schedule import convergence, lr_factor
+from avbench.train.schedule import chance_map, convergence, lr_factor, lr_integral
 
 # Easy enough that a linear head learns in a few dozen steps; 80 validation clips.
 DATA = ["data.classes=4", "data.train_clips=800", "data.test_clips=40", "data.steps=8", "data.audio_dim=16",
@@ -42,10 +43,43 @@ def test_learning_rate_schedules():
 
 def test_convergence_rule_on_curves():
     rising = [(s, 0.3 + 0.01 * s) for s in range(1, 21)]
-    assert convergence(rising, 20)["converged"] is False
+    assert convergence(rising, 20)["status"] == "not converged"
+    plateau = [(s, 0.8 - 0.5 / s ** 2) for s in range(1, 21)]
+    assert convergence(plateau, 20)["status"] == "converged"
     wobble = [(s, 0.8 - 0.5 / s + (0.004 if s % 2 else -0.004)) for s in range(1, 21)]
-    assert convergence(wobble, 20)["converged"] is True
-    assert convergence([(10, 0.5)], 10)["converged"] is True  # nothing to judge
+    assert convergence(wobble, 20)["converged"] is True  # a noisy plateau is not flagged
+    short = convergence([(5, 0.5), (10, 0.5), (15, 0.5)], 15)
+    assert short["converged"] is None and short["status"] == "too short" and "at least 4" in short["reason"]
+
+
+def test_a_curve_flat_at_chance_is_not_learning_never_converged():
+    rng = np.random.default_rng(0)
+    labels = np.eye(12)[rng.integers(0, 12, 96)]
+    mean, std = chance_map(labels)
+    assert 1 / 12 < mean < 0.2 and std > 0  # random scores on 96 clips score above prevalence
+    flat = [(s, mean + 0.3 * std * (-1) ** s) for s in range(1, 21)]
+    assert convergence(flat, 20)["converged"] is True  # flat: without the chance level it would pass
+    got = convergence(flat, 20, chance=(mean, std))
+    assert got["status"] == "not learning" and got["converged"] is False
+    learned = [(s, 0.9) for s in range(1, 21)]
+    assert convergence(learned, 20, chance=(mean, std))["status"] == "converged"
+
+
+def test_under_a_decaying_schedule_the_window_is_the_last_fifth_of_the_learning_rate():
+    # A low-lr cosine run still climbing in learning-rate time: over steps its curve flattens (the rate
+    # is near zero at the end), so a window of the last 20% of steps sees a plateau.
+    cos = Recipe(lr=1.0, schedule="cosine")
+    total = 500
+    progress = lr_integral(cos, 100, total)
+    assert progress[0] == 0 and progress[-1] == pytest.approx(1.0)
+    assert progress[int(0.8 * total)] == pytest.approx(0.987, abs=1e-3)  # 1.3% of the rate in the last 20%
+    curve = [(s, 0.1 + 0.5 * progress[s]) for s in range(25, total + 1, 25)]  # linear in learned amount
+    assert convergence(curve, total)["converged"] is True  # judged over steps: looks flat
+    judged = convergence(curve, total, progress=progress)
+    assert judged["status"] == "not converged" and judged["rise"] > 0.09
+    assert judged["window_from_step"] == 225  # the last 20% of the integral starts at 48% of the steps
+    done = [(s, 0.8 - 0.7 * (1 - progress[s]) ** 8) for s in range(25, total + 1, 25)]
+    assert convergence(done, total, progress=progress)["status"] == "converged"
 
 
 def test_max_steps_trains_exactly_that_many_steps(tmp_path):

@@ -11,9 +11,18 @@ resumed run continues exactly.
 
 Every run records a validation curve: the primary metric on the cache's validation split at
 ``val_points`` evenly spaced steps of its last labelled stage (held out from training unless the
-recipe says ``validation=train-on-all``), and its mAP, which is judged: a run whose validation mAP
-still rose over the last 20% of its steps (by more than 0.01 and two standard errors of the fitted
-rise) is marked not converged.
+recipe says ``validation=train-on-all``), and its mAP, which is judged (``convergence``):
+
+- *too short*: fewer than ``MIN_POINTS`` points cannot be judged; the run says so and records no flag;
+- *not learning*: the last points are not above what random scores get on the same validation clips
+  (the mean + 3 std of the mAP of ``NULL_DRAWS`` seeded random score matrices): never "converged";
+- *not converged*: the mAP still rose over the last ``WINDOW`` of the run's *learning-rate integral*
+  (the sum of the learning rate over its steps), by more than 0.01 and two standard errors of the
+  fitted rise. Judging on the integral rather than on steps matters under a decaying schedule: a
+  cosine run's last 20% of steps carry 1.3% of its learning rate, so a run still climbing looks flat
+  there (a low-lr trial went 10.6% -> 19.8% -> 47.5% at 164 / 540 / 1,080 steps and was "converged"
+  at every length); its last 20% of learning-rate integral starts at 48% of the steps.
+- otherwise *converged*.
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from avbench.metrics import mean_average_precision
 
 log = logging.getLogger(__name__)
 WINDOW = 0.2  # the share of the steps at the end whose rise marks a run not converged
@@ -92,25 +103,61 @@ def eval_steps(total_steps: int, points: int) -> set[int]:
     return {int(round(total_steps * i / points)) for i in range(1, points + 1)} - {0}
 
 
-def convergence(curve: list[tuple[int, float]], total_steps: int) -> dict[str, Any]:
-    """Did the validation metric still rise over the last ``WINDOW`` of the steps?
+MIN_POINTS = 4  # fewer validation points than this cannot show a plateau
+NULL_DRAWS = 16  # random score matrices that give the validation split's chance mAP
+
+
+def lr_integral(recipe: Any, steps_per_epoch: int, total_steps: int) -> np.ndarray:
+    """``out[s]``: the share of the stage's learning-rate integral spent after ``s`` steps (``out[0] = 0``)."""
+    lr = np.array([lr_factor(recipe, s, steps_per_epoch, total_steps) for s in range(max(0, total_steps))], float)
+    out = np.concatenate([[0.0], np.cumsum(lr)])
+    return out / out[-1] if out[-1] > 0 else np.linspace(0.0, 1.0, len(out))
+
+
+def chance_map(labels: np.ndarray, draws: int = NULL_DRAWS, seed: int = 0) -> tuple[float, float]:
+    """(mean, std) of the mAP that seeded random scores get on ``labels`` [N, C]: the curve's chance."""
+    y = np.asarray(labels)
+    if y.ndim != 2 or len(y) == 0:
+        return 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    vals = [mean_average_precision(rng.random(y.shape), y) for _ in range(draws)]
+    return float(np.mean(vals)), float(np.std(vals))
+
+
+def convergence(curve: list[tuple[int, float]], total_steps: int, *, progress: np.ndarray | None = None,
+                chance: tuple[float, float] | None = None) -> dict[str, Any]:
+    """Judge a validation curve: converged, not converged, not learning, or too short to say.
 
     ``curve`` is (step, value) of a continuous metric (mAP: accuracy on a small validation set moves
-    in steps of 1/n and hides a slow rise). The rise is the least-squares slope over the last point at
-    or before 80% of the steps and every later point, times the window's span. It counts when it is
-    above 0.01 and above two standard errors of itself (from the fit's residuals), so a plateau that
-    only wobbles is not flagged while a curve still climbing is.
+    in steps of 1/n and hides a slow rise). ``progress[s]`` is the share of the learning-rate integral
+    after ``s`` steps (``lr_integral``; default: steps, i.e. a constant rate). The rise is the
+    least-squares slope over the last point at or before ``1 - WINDOW`` of the progress and every
+    later point, times the window's span. It counts when it is above 0.01 and above two standard
+    errors of itself (from the fit's residuals), so a plateau that only wobbles is not flagged while a
+    curve still climbing is. ``chance`` is (mean, std) of the metric for random scores
+    (``chance_map``): a curve whose last two points average at most mean + 3 std is not learning.
+
+    Returns ``converged`` (True, False, or None when it cannot be judged) and ``status``.
     """
-    done = {"converged": True, "rise": 0.0, "threshold": None}
-    if len(curve) < 2 or total_steps <= 0:
-        return {**done, "reason": "too few validation points"}
-    steps = np.array([s for s, _ in curve], float)
+    if len(curve) < MIN_POINTS or total_steps <= 0:
+        return {"converged": None, "status": "too short", "rise": None, "threshold": None,
+                "reason": f"{len(curve)} validation point(s); at least {MIN_POINTS} are needed to judge"}
+    steps = np.array([s for s, _ in curve], int)
     vals = np.array([v for _, v in curve], float)
-    before = np.flatnonzero(steps <= (1 - WINDOW) * total_steps)
+    xs_all = (np.asarray(progress, float)[np.clip(steps, 0, len(progress) - 1)] if progress is not None
+              else steps / float(total_steps))
+    before = np.flatnonzero(xs_all <= 1 - WINDOW + 1e-12)
     first = int(before[-1]) if len(before) else 0
-    xs, ys = steps[first:], vals[first:]
-    if len(xs) < 2:
-        return {**done, "reason": "too few validation points"}
+    xs, ys = xs_all[first:], vals[first:]
+    out: dict[str, Any] = {"window_from_step": int(steps[first]), "points": int(len(xs))}
+    if chance is not None:
+        level = chance[0] + 3.0 * chance[1]
+        out["chance"] = {"mean": chance[0], "std": chance[1], "level": level}
+        if float(vals[-2:].mean()) <= level:
+            return {**out, "converged": False, "status": "not learning", "rise": None, "threshold": None,
+                    "reason": f"validation mAP {vals[-2:].mean():.3f} is not above chance ({level:.3f})"}
+    if len(xs) < 2 or float(np.ptp(xs)) <= 0:
+        xs, ys = xs_all[-2:], vals[-2:]
     dx = xs - xs.mean()
     slope = float((dx * (ys - ys.mean())).sum() / (dx ** 2).sum())
     span = float(xs[-1] - xs[0])
@@ -118,8 +165,9 @@ def convergence(curve: list[tuple[int, float]], total_steps: int) -> dict[str, A
     se = math.sqrt(float((resid ** 2).sum()) / (len(xs) - 2) / float((dx ** 2).sum())) * span if len(xs) > 2 else 0.0
     rise = slope * span
     threshold = max(0.01, 2.0 * se)
-    return {"converged": bool(rise <= threshold), "rise": rise, "threshold": threshold,
-            "window_from_step": int(xs[0]), "points": int(len(xs))}
+    ok = bool(rise <= threshold)
+    return {**out, "converged": ok, "status": "converged" if ok else "not converged", "rise": rise,
+            "threshold": threshold}
 
 
 class Validator:
@@ -135,6 +183,7 @@ class Validator:
         self.total = 0
         self.points: set[int] = set()
         self.callback = None  # called as callback(local_step, value) after each point (tuning, pruning)
+        self.progress: np.ndarray | None = None  # share of the stage's learning-rate integral per step
         self.seconds = 0.0  # spent evaluating since the last take_seconds()
         if self.mode == "off":
             return
@@ -157,6 +206,7 @@ class Validator:
             return
         self.total = sched.total_steps
         self.points = eval_steps(self.total, self.engine.recipe.val_points)
+        self.progress = lr_integral(sched.recipe, sched.steps_per_epoch, sched.total_steps)
         if sched.epoch == 0:  # a later labelled stage starts a new curve (a resumed run keeps its own)
             self.curve, self.smooth = [], []
 
@@ -211,12 +261,21 @@ class Validator:
                "curve": [[int(s), float(v)] for s, v in self.curve],
                "convergence_metric": self.metric.split("/")[0] + "/mAP",
                "convergence_curve": [[int(s), float(v)] for s, v in self.smooth],
-               **convergence(self.smooth, self.total)}
-        if not out["converged"]:
-            log.warning("not converged: validation %s still rose by %.3f over the last %d%% of %d steps "
-                        "(threshold %.3f); train longer (--set train.max_steps=...) or tune",
-                        out["convergence_metric"], out["rise"], int(100 * WINDOW), self.total, out["threshold"])
+               **convergence(self.smooth, self.total, progress=self.progress, chance=self._chance())}
+        name, status = out["convergence_metric"], out["status"]
+        if status == "not converged":
+            log.warning("not converged: validation %s still rose by %.3f over the last %d%% of the learning-rate "
+                        "integral of %d steps (threshold %.3f); train longer (--set train.max_steps=...) or tune",
+                        name, out["rise"], int(100 * WINDOW), self.total, out["threshold"])
+        elif status in ("not learning", "too short"):
+            log.warning("%s: %s", status, out["reason"])
         return out
+
+    def _chance(self) -> tuple[float, float] | None:
+        """The convergence curve's chance level on this validation split (seeded random scores)."""
+        src, rows = self.on
+        labels = getattr(getattr(src, "split", None), "labels", None)
+        return None if labels is None or not len(rows) else chance_map(np.asarray(labels)[rows])
 
 
 def training_rows(cache: Any, recipe: Any, rows: np.ndarray, evaluate_on: str) -> np.ndarray:
