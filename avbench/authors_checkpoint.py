@@ -5,7 +5,7 @@ One loader serves ``avbench eval --checkpoint`` and ``avbench run --init-from``.
 * avbench's ``model.pt`` (the MLflow artifact: ``{"state_dict", "config", "name"}``) and the engine's
   epoch checkpoints (``{"strategy", "optimizer", "config", "name", ...}``); their config is returned
   so ``eval`` can rebuild the model it was trained as;
-* a plain state dict (a paper's released ``.pth``), with or without the ``module.`` prefix that
+* a plain state dict (a paper's released ``.pth``, or ``.safetensors``), with or without the ``module.`` prefix that
   ``nn.DataParallel`` adds. A strategy that can take one declares ``reference_key_map()`` returning
   (its key -> the paper's key, for every one of its keys) and (paper key -> shape) for the parameters
   the paper's code creates but never uses; it may add ``reference_hint(state)``, a sentence saying
@@ -18,20 +18,17 @@ shapes (plus the hint). Nothing is loaded unless everything fits.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from avbench.errors import UserError
+from avbench.train.checkpoint import load_file
 
 DP_PREFIX = "module."
-_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError,
-                ImportError, KeyError, TypeError)
 
 
 @dataclass
@@ -48,14 +45,9 @@ def read_weights(path: str | Path) -> WeightsFile:
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"{p}: no such checkpoint file")
-    try:  # tensors and plain containers only; avbench's epoch checkpoints (RNG states) need full unpickling
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except _LOAD_ERRORS:
-        obj = None
-    try:
-        obj = obj if obj is not None else torch.load(p, map_location="cpu", weights_only=False)
-    except _LOAD_ERRORS as e:  # pickle errors, truncated files, not a torch file at all
-        raise UserError(f"{p}: not a readable PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    # Tensors and plain containers only, or safetensors; a file that would need full unpickling is
+    # refused in one line unless the user named it with --trust-checkpoint (never a fallback).
+    obj = load_file(p)
     if isinstance(obj, Mapping) and "name" in obj and ("state_dict" in obj or "strategy" in obj):
         state = obj.get("state_dict", obj.get("strategy"))
         return WeightsFile(p, "avbench", dict(state), name=obj.get("name"), config=dict(obj.get("config") or {}))

@@ -36,6 +36,32 @@ def parse_pairs(items: Iterable[str]) -> dict[str, str]:
     return out
 
 
+SEED_MAX = 2**32 - 1  # numpy's legacy generator (np.random.seed) takes seeds in [0, 2**32 - 1]
+
+
+def parse_seeds(text: str, flag: str = "--seeds") -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``: integers in [0, SEED_MAX], no empty item, no duplicate."""
+    items = [s.strip() for s in str(text).split(",")]
+    if items == [""]:
+        raise UserError(f"{flag} is empty")
+    if "" in items:
+        raise UserError(f"{flag} '{text}': an empty item (two commas, or one at an end)")
+    seeds = []
+    for item in items:
+        try:
+            seeds.append(int(item, 10))
+        except ValueError:
+            raise UserError(f"{flag} expects comma-separated integers, got '{text}'") from None
+    for s in seeds:
+        if s < 0:
+            raise UserError(f"{flag} must be non-negative, got {text}")
+        if s > SEED_MAX:
+            raise UserError(f"{flag}: {s} is out of the generators' range [0, {SEED_MAX}]")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"{flag} has duplicates: '{text}'")
+    return seeds
+
+
 def field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints.get(f.name, str) for f in dataclasses.fields(cls)}
@@ -191,6 +217,26 @@ def check_ranges(cfg: Any, *, where: str = "config", given: Mapping[str, Any] | 
             what = "a finite number" if (rng.low, rng.high) == (float("-inf"), float("inf")) else f"in {rng}"
             src = f"--set {f.name}={given[f.name]}" if given and f.name in given else f"{f.name}={value} ({where})"
             raise UserError(f"{src}: must be {what}")
+    _check_widths(cfg, given)
+
+
+_WIDTHS = ("embed_dim", "s_dim", "dim", "width", "hidden_dim")
+
+
+def _check_widths(cfg: Any, given: Mapping[str, Any] | None) -> None:
+    """A ratio that scales a width (``mlp_ratio``) must leave at least one unit in every layer it sizes:
+    ``int(128 * 1e-9)`` is a zero-width MLP that trains nothing and reports a number anyway."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    for ratio_name in (n for n in names if n.endswith("mlp_ratio")):
+        ratio = getattr(cfg, ratio_name)
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
+            continue
+        for w in (n for n in _WIDTHS if n in names):
+            width = getattr(cfg, w)
+            if isinstance(width, int) and not isinstance(width, bool) and width >= 1 and int(width * ratio) < 1:
+                src = f"--set {ratio_name}={given[ratio_name]}" if given and ratio_name in given else f"{ratio_name}={ratio}"
+                raise UserError(f"{src}: gives {w}={width} an MLP of int({width} x {ratio:g}) = 0 units; "
+                                f"must be at least {1 / width:.3g}")
 
 
 def unknown_key_message(key: str, known: Iterable[str], where: str) -> str:

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 from avbench.errors import UserError
 
 SECTIONS = ("model", "train", "data")
+MAX_CONFIG_BYTES = 1 << 20
 HEADER = ("# avbench {command} configuration, fully resolved by avbench {version}.\n"
           "# Reproduce: avbench {command} --config THIS_FILE  (flags and --set given after it override it)\n")
 
@@ -42,10 +43,23 @@ def load(path: str | Path) -> dict[str, Any]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"--config {path}: no such file")
+    size = p.stat().st_size
+    if size > MAX_CONFIG_BYTES:  # a run configuration is a few KiB; this is some other file
+        raise UserError(f"--config {path}: {size} bytes, not a configuration file (at most {MAX_CONFIG_BYTES})")
     try:
-        data = yaml.safe_load(p.read_text())
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"--config {path}: not a text file (byte {e.start} is not UTF-8)") from None
+    except OSError as e:
+        raise UserError(f"--config {path}: cannot read ({(e.strerror or type(e).__name__).lower()})") from None
+    if "\x00" in text:
+        raise UserError(f"--config {path}: not a text file (it holds NUL bytes)")
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise UserError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except RecursionError:  # deeply nested flow collections
+        raise UserError(f"--config {path}: nested too deeply to be a configuration") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -209,16 +223,21 @@ def dump_yaml(data: Mapping[str, Any], command: str = "run") -> str:
 
 
 def write_yaml(path: str | Path, data: Mapping[str, Any], command: str = "run") -> Path:
+    from avbench import fsguard
+
     p = Path(path)
+    if str(path) == fsguard.STDOUT:  # the JSON went to standard output: no config file beside it
+        return p
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(dump_yaml(data, command))
-    tmp.replace(p)
+    with fsguard.atomic_write(p) as tmp:  # a regular file or a new name; no .tmp outlives a failure
+        tmp.write_text(dump_yaml(data, command))
     return p
 
 
 def beside(path: str | Path) -> Path:
-    """``out/uavm.json`` -> ``out/uavm.config.yaml``."""
+    """``out/uavm.json`` -> ``out/uavm.config.yaml`` (``-``, standard output, has none: ``-``)."""
+    if str(path) == "-":
+        return Path("-")
     p = Path(path)
     return p.with_name(p.stem + ".config.yaml")
 

@@ -310,16 +310,25 @@ def test_cache_root_write_error_is_one_line(tmp_path, capsys, monkeypatch, code)
     assert_clean_error(capsys, rc, str(tmp_path / "root" / "synth"))
 
 
-def test_cache_preallocation_refused_when_the_disk_is_too_small(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("stage", ["estimate", "preallocation"])
+def test_cache_refused_when_the_disk_is_too_small(tmp_path, capsys, monkeypatch, stage):
+    """The synth estimate refuses before generating anything; the writer's own check (any cache: an
+    import, an extraction) refuses before preallocating a split."""
     from avbench import fsguard
+    from avbench.datasets import synth
 
     monkeypatch.setattr(fsguard, "free_bytes", lambda path: 1 << 20)
+    if stage == "preallocation":
+        monkeypatch.setattr(synth, "check_resources", lambda knobs, path: None)
     rc = main(base_args(tmp_path / "res", "--cache-root", str(tmp_path / "root"), "--set", "data.seed=79"))
-    line = assert_clean_error(capsys, rc, "cache split")
+    line = assert_clean_error(capsys, rc, "synth cache" if stage == "estimate" else "cache split")
     assert "needs" in line and "only 1.0 MiB free" in line
     assert not list((tmp_path / "root").rglob("manifest.json"))  # nothing a later run would trust
-    monkeypatch.undo()  # the same command resumes and finishes the cache once there is room
-    assert main(["cache", "verify", str(next((tmp_path / "root").glob("synth/*")))]) == 2  # unfinished
+    caches = [p for p in (tmp_path / "root").glob("synth/*") if p.is_dir()]
+    if stage == "estimate":
+        assert caches == []  # nothing generated
+    else:
+        assert main(["cache", "verify", str(caches[0])]) == 2  # unfinished
 
 
 def _full_after_training(monkeypatch):
@@ -346,14 +355,14 @@ def test_results_disk_full_is_refused_before_writing(tmp_path, capsys, monkeypat
 @pytest.mark.parametrize("code, words", [(errno.ENOSPC, "no space left on device"), (errno.EROFS, "read-only"),
                                          (errno.EACCES, "permission denied")])
 def test_write_error_while_saving_results_leaves_no_torn_file(tmp_path, capsys, monkeypatch, code, words):
-    import avbench.runner as runner
+    import avbench.artifacts as artifacts
 
     def fail(f, **arrays):
         f.write(b"partial")
         raise OSError(code, {errno.ENOSPC: "No space left on device", errno.EROFS: "Read-only file system",
                              errno.EACCES: "Permission denied"}[code])
 
-    monkeypatch.setattr(runner.np, "savez_compressed", fail)
+    monkeypatch.setattr(artifacts.np, "savez_compressed", fail)
     res = tmp_path / "res"
     line = assert_clean_error(capsys, main(base_args(res)), words, res)
     assert "predictions.npz" in line

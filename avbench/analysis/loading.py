@@ -123,7 +123,11 @@ class LoadedRun:
         except FileNotFoundError:
             raise UserError(f"run {self.run_id} ({self.strategy_name}) has no model.pt: it was run with "
                             f"--no-save-model; rerun it without that flag to analyse it") from None
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        from avbench.train.checkpoint import load_file
+
+        state = load_file(path)  # weights only: an artifact may come from someone else's store
+        if not isinstance(state, dict) or "state_dict" not in state:
+            raise UserError(f"run {self.run_id}: {path} is not an avbench model.pt")
         cls = self.strategy_cls
         cache = self.cache
         model = cls(self.config, cache.features, cache.task)
@@ -150,7 +154,7 @@ class LoadedRun:
     def prepare(self, raw: dict[str, Tensor]) -> Any:
         """Evaluation preprocessing, by the engine's own code path (``avbench.evaluation.prepare``; no
         Engine is built: that would copy whole splits to the device)."""
-        from avbench.evaluation import prepare
+        from avbench.train.evaluate import eval_batch as prepare
 
         return prepare(raw, self.recipe)
 

@@ -75,8 +75,19 @@ def umask_mode() -> int:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers see either the old file or the whole new one, never a torn one."""
+    """Write JSON so that readers see either the old file or the whole new one, never a torn one.
+    ``path`` must be a regular file or a new name (``fsguard.check_output``); ``-`` is standard output."""
+    from avbench import fsguard
+
+    if str(path) == fsguard.STDOUT:
+        import sys
+
+        json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        return
     path = Path(path)
+    fsguard.check_output(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, umask_mode())

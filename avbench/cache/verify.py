@@ -4,8 +4,9 @@ Everything that would silently corrupt a benchmark, or crash it after an hour of
 here first: a malformed manifest (not an object, keys missing, an unknown task, sizes that are not
 counts), splits missing or empty, arrays whose shapes or dtypes disagree with the manifest, ids.txt
 truncated or duplicated, rows not marked done, labels outside 0/1 or clips with none, a split where
-no clip has any modality present, NaN or Inf features. ``checked_cache`` remembers a clean result per
-cache version (the manifest and the sizes and times of its files), so a run pays for the scan once.
+no clip has any modality present, NaN or Inf features, a validation hold-out whose rows are not rows of
+the training split. ``checked_cache`` remembers a clean result per cache version (``version``: the
+manifest, and per file its size, times, inode and a sampled hash), so a run pays for the scan once.
 """
 
 from __future__ import annotations
@@ -91,7 +92,39 @@ def verify_cache(root: str | Path) -> list[str]:
         problems.append(f"classes.csv unreadable: {e}")
     for name, info in m.splits.items():
         problems += split_problems(cache, name, info)
+    problems += validation_problems(cache)
     return problems
+
+
+def validation_problems(cache: Any) -> list[str]:
+    """The recorded validation hold-out (``<train>/val_rows.npy``): integer rows of the training split,
+    sorted and distinct, read as data only. A row out of range would be an IndexError mid-run."""
+    record = cache.manifest.validation or {}
+    rel = record.get("rows_file") if isinstance(record, dict) else None
+    if record.get("source") != "holdout" or not isinstance(rel, str):
+        return []
+    path = (cache.root / rel).resolve()
+    if cache.root.resolve() not in path.parents:
+        return [f"manifest.json validation rows_file '{rel}' points outside the cache"]
+    if not path.exists():
+        return []  # recomputed (and recorded) on first use
+    split_name = record.get("split", "train")
+    size = (cache.manifest.splits.get(split_name) or {}).get("size")
+    try:
+        rows = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        return [f"{rel}: unreadable ({str(e).splitlines()[0][:200]})"]
+    if rows.ndim != 1 or rows.dtype.kind not in "iu":
+        return [f"{rel} is {rows.dtype}{list(rows.shape)}, expected a 1-D array of integer rows"]
+    if len(rows) and isinstance(size, int):
+        lo, hi = int(rows.min()), int(rows.max())
+        if lo < 0 or hi >= size:
+            return [f"{rel}: row {hi if hi >= size else lo} is out of range [0, {size}) of the {split_name} split"]
+    if len(rows) > 1 and not bool((np.diff(rows) > 0).all()):
+        return [f"{rel}: rows are not sorted and distinct"]
+    if len(rows) != record.get("size", len(rows)):
+        return [f"{rel} has {len(rows)} rows, manifest.json validation says {record.get('size')}"]
+    return []
 
 
 def split_problems(cache: Any, name: str, info: dict[str, Any]) -> list[str]:
@@ -152,15 +185,38 @@ def split_problems(cache: Any, name: str, info: dict[str, Any]) -> list[str]:
 
 # --- the check before use, remembered per cache version ----------------------------------------------
 def version(root: Path) -> str:
-    """The manifest's bytes and the size and mtime of every file a run reads."""
-    h = hashlib.sha1(str(root.resolve()).encode())
+    """What identifies the cache's content without reading it all: the manifest's bytes, and for every
+    file a run reads its size, mtime, ctime and inode plus a sampled hash of its bytes. A same-size
+    edit that puts the mtime back (``os.utime``) still moves the ctime, which no user can set, and a
+    sample of the file's blocks is hashed too, so the remembered verification is not fooled by it."""
+    h = hashlib.sha256(str(root.resolve()).encode())
     mpath = root / fmt.MANIFEST
     h.update(mpath.read_bytes() if mpath.exists() else b"")
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.suffix in (".npy", ".txt", ".csv") and not p.name.startswith("val_rows"):
+        if p.is_file() and p.suffix in (".npy", ".txt", ".csv"):
             st = p.stat()
-            h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
+            h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}".encode())
+            h.update(sampled_digest(p, st.st_size))
     return h.hexdigest()
+
+
+SAMPLE_BLOCKS = 32
+SAMPLE_BYTES = 4096
+
+
+def sampled_digest(path: Path, size: int) -> bytes:
+    """A hash of ``SAMPLE_BLOCKS`` evenly spaced blocks of the file (all of a small file): cheap on a
+    25 GB cache, and it changes with any edit that touches a sampled block."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= SAMPLE_BLOCKS * SAMPLE_BYTES:
+            h.update(f.read())
+        else:
+            step = (size - SAMPLE_BYTES) // (SAMPLE_BLOCKS - 1)
+            for i in range(SAMPLE_BLOCKS):
+                f.seek(i * step)
+                h.update(f.read(SAMPLE_BYTES))
+    return h.digest()
 
 
 def _memo(root: Path) -> Path:

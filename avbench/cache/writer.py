@@ -116,22 +116,34 @@ class CacheWriter:
         if len(classes) != manifest.num_classes:
             raise ValueError(f"{len(classes)} class names for num_classes={manifest.num_classes}")
         manifest.avbench_version = manifest.avbench_version or avbench.__version__
-        if overwrite and self.root.exists():
-            shutil.rmtree(self.root)
-        if (self.root / fmt.MANIFEST).exists():
-            raise UserError(f"{self.root}: a finished cache is already there (remove it to rebuild)")
-        self.root.mkdir(parents=True, exist_ok=True)
-        pending = self.root / fmt.PENDING
-        if pending.exists():
-            old = fmt.Manifest.from_json(json.loads(pending.read_text()))
-            if old.key != manifest.key:
-                raise UserError(f"{self.root}: an unfinished cache with other settings (key {old.key}) is "
-                                f"there; remove it or choose another output directory")
-            manifest.splits = {**old.splits, **manifest.splits}
-        self.manifest = manifest
-        fmt.write_classes(self.root / fmt.CLASSES, classes)
-        fmt.write_json_atomic(pending, manifest.to_json())
+        with self._lock():  # several writers of one cache (ranks, concurrent runs) set it up one at a time
+            if overwrite and self.root.exists():
+                shutil.rmtree(self.root)
+            if (self.root / fmt.MANIFEST).exists():
+                raise UserError(f"{self.root}: a finished cache is already there (remove it to rebuild)")
+            self.root.mkdir(parents=True, exist_ok=True)
+            pending = self.root / fmt.PENDING
+            if pending.exists():
+                try:
+                    old = fmt.Manifest.from_json(json.loads(pending.read_text()))
+                except (ValueError, TypeError):
+                    raise UserError(f"{pending}: unreadable (not the JSON avbench writes); remove the unfinished "
+                                    f"cache {self.root} to rebuild it") from None
+                if old.key != manifest.key:
+                    raise UserError(f"{self.root}: an unfinished cache with other settings (key {old.key}) is "
+                                    f"there; remove it or choose another output directory")
+                manifest.splits = {**old.splits, **manifest.splits}
+            self.manifest = manifest
+            fmt.write_classes(self.root / fmt.CLASSES, classes)
+            fmt.write_json_atomic(pending, manifest.to_json())
         self.splits: dict[str, SplitWriter] = {}
+
+    def _lock(self) -> Any:
+        """The writers' lock, a hidden sibling of the cache (not the synth builder's, which may be held
+        around this writer by the same process)."""
+        from avbench.locks import file_lock
+
+        return file_lock(self.root.with_name(f".{self.root.name}.writer.lock"), f"writing the cache {self.root}")
 
     def create_split(self, name: str, ids: Sequence[str], labels: np.ndarray, *, with_onsets: bool = True,
                      extras: dict[str, tuple[str, tuple[int, ...]]] | None = None,
@@ -157,7 +169,8 @@ class CacheWriter:
                              with_onsets, extras)
         m.splits[name] = {"size": len(ids), "extras": sorted(extras), "onsets": with_onsets}
         if rank == 0:
-            fmt.write_json_atomic(self.root / fmt.PENDING, m.to_json())
+            with self._lock():
+                fmt.write_json_atomic(self.root / fmt.PENDING, m.to_json())
         self.splits[name] = writer
         return writer
 
@@ -169,6 +182,7 @@ class CacheWriter:
                 raise RuntimeError(f"split '{name}' has {missing} rows not written; cannot finalize")
         if info:
             self.manifest.info.update(info)
-        fmt.write_json_atomic(self.root / fmt.MANIFEST, self.manifest.to_json())
-        (self.root / fmt.PENDING).unlink(missing_ok=True)
+        with self._lock():
+            fmt.write_json_atomic(self.root / fmt.MANIFEST, self.manifest.to_json())
+            (self.root / fmt.PENDING).unlink(missing_ok=True)
         return self.manifest

@@ -53,7 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from avbench import config as cfgmod
     from avbench.bench import BenchRequest, log_to_mlflow, run_bench
+    from avbench.fsguard import check_file_options
 
+    check_file_options(output_json=args.output_json)  # a bad output path fails before any work
     req = BenchRequest(strategy=args.strategy, dataset=args.dataset, cache=args.cache, synthetic=args.synthetic,
                        device=args.device, batch_size=args.batch_size, amp=args.amp, compile=args.compile,
                        mode=args.mode, warmup=args.warmup, steps=args.steps, find_batch_size=args.find_batch_size,

@@ -26,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", default="default", help="named recipe (default, reference), before --set")
     p.add_argument("--save-predictions", metavar="FILE.npz", help="write ids, labels and logits_<column> per clip")
     p.add_argument("--output-json", metavar="PATH", help="write the summary as JSON here")
+    p.add_argument("--trust-checkpoint", action="append", default=[], metavar="PATH", help="your own legacy checkpoint that needs full unpickling (runs code in the file: never for files from others); repeatable")
     p.add_argument("--results-dir", default="results", help="MLflow sqlite DB and artifacts")
     p.add_argument("--no-track", action="store_true", help="do not log the evaluation to MLflow")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -37,8 +38,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from avbench import config as cfgmod
     from avbench import evaluation, results
+    from avbench.fsguard import check_file_options
     from avbench.report.console import print_eval_summary
+    from avbench.train.checkpoint import trust
 
+    for path in args.trust_checkpoint:  # an explicit, per-file decision; never a fallback
+        trust(path)
+    check_file_options(output_json=args.output_json, save_predictions=args.save_predictions)  # before any work
     req = evaluation.EvalRequest(
         strategy=args.strategy, checkpoint=args.checkpoint, dataset=args.dataset, cache=args.cache,
         split=args.split, overrides=cfgmod.parse_pairs(args.overrides), recipe_name=args.recipe,

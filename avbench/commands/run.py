@@ -26,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "authors' training as their code runs it; README 'Recipe differences'), before --set")
     p.add_argument("--init-from", metavar="PATH", help="start from these weights: an avbench model.pt or a "
                    "paper's released state dict (avbench.authors_checkpoint)")
+    p.add_argument("--trust-checkpoint", action="append", default=[], metavar="PATH", help="your own legacy checkpoint that needs full unpickling (runs code in the file: never for files from others); repeatable")
     config_file.add_argument(p)  # --config FILE (avbench/config_file.py)
     p.add_argument("--results-dir", default="results", help="MLflow sqlite DB, artifacts, checkpoints")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -61,8 +62,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", 1)) > 1:
         raise UserError("--nproc is for a single launch; under torchrun leave it out")
 
+    from avbench.train.checkpoint import trust
+
+    for path in args.trust_checkpoint:  # an explicit, per-file decision; never a fallback
+        trust(path)
     req = runner.RunRequest(
-        strategy=args.strategy, dataset=args.dataset, cache=args.cache, seeds=runner.parse_seeds(args.seeds),
+        strategy=args.strategy, dataset=args.dataset, cache=args.cache, seeds=cfgmod.parse_seeds(args.seeds),
         epochs=args.epochs, overrides=cfgmod.parse_pairs(args.overrides), results_dir=args.results_dir,
         device=args.device, protocol=args.protocol, train_modality=args.train_modality, resume=args.resume,
         cache_root=args.cache_root, progress=not args.no_progress, skip_finished=args.skip_finished,

@@ -68,15 +68,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from avbench import sweep as sw
     from avbench.errors import UserError
     from avbench.executor import options
+    from avbench.fsguard import check_file_options
     from avbench.report.console import fmt_mean_std
 
     strategies = [s.strip() for s in args.strategy.split(",") if s.strip()]
     if not strategies:
         raise UserError("--strategy is empty")
+    check_file_options(output_json=args.output_json)  # a bad output path fails before anything trains
     grid = _grid(args)
     name = sw.check_name(args.name or sw.default_name(grid))
     points = grid.points()
-    seeds = runner.parse_seeds(args.seeds)
+    seeds = cfgmod.parse_seeds(args.seeds)
     print(f"sweep '{name}': {len(strategies)} strategy(ies) x {len(points)} point(s) x {len(seeds)} seed(s)")
     if args.dry_run:
         for s in strategies:

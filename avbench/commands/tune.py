@@ -48,12 +48,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from avbench import runner, tune
     from avbench.errors import UserError
     from avbench.executor import options
+    from avbench.fsguard import check_file_options
 
     if args.max_steps is not None and args.max_steps < 1:
         raise UserError("--max-steps must be at least 1")
+    check_file_options(output_json=args.output_json)  # a bad output path fails before anything trains
     req = tune.TuneRequest(
         strategies=[s.strip() for s in args.strategy.split(",") if s.strip()], dataset=args.dataset,
-        cache=args.cache, budget=args.budget, seeds=runner.parse_seeds(args.seeds), space_file=args.space,
+        cache=args.cache, budget=args.budget, seeds=cfgmod.parse_seeds(args.seeds), space_file=args.space,
         overrides=cfgmod.parse_pairs(args.overrides), max_steps=args.max_steps, sampler_seed=args.sampler_seed,
         prune=args.prune, results_dir=args.results_dir, cache_root=args.cache_root, device=args.device,
         progress=not args.no_progress, skip_tuned=args.skip_tuned, **options.from_args(args))

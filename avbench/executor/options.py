@@ -40,6 +40,11 @@ def from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The flags as request fields (``executor``, ``jobs``, ...), checked against ``--device``."""
     if args.gpus_per_job and not args.device.startswith("cuda"):
         raise UserError("--gpus-per-job needs --device cuda")
+    for flag, value, low in (("--jobs", args.jobs, 1), ("--threads-per-job", args.threads_per_job, 1)):
+        if value is not None and value < low:
+            raise UserError(f"{flag} {value}: must be at least {low}")
+    if args.gpus_per_job is not None and not (0 <= args.gpus_per_job < float("inf")):
+        raise UserError(f"--gpus-per-job {args.gpus_per_job}: must be a finite number >= 0")
     return {"executor": args.executor, "jobs": args.jobs, "address": args.address,
             "threads_per_job": args.threads_per_job, "gpus_per_job": args.gpus_per_job}
 
