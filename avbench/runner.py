@@ -330,8 +330,8 @@ def _run(req: RunRequest, r: Resolved, rank: int, world: int, device: Any) -> di
             from avbench.tracking import Tracker
 
             track.call(Tracker.finish, parent, status)
-        if lead:
-            _tracking_outcome(req, track, plan, raise_strict=status == "FINISHED")
+        if lead and status == "FINISHED":  # "results are complete" only once they are written (issue 24)
+            _tracking_outcome(req, track, plan, raise_strict=True)
     summary = summarize(per_seed, r.cache.manifest.task)
     return results.finalize("run_summary", {
             "strategy": r.strategy_cls.name, "dataset": r.dataset, "parent_run_id": parent, "group": plan.group,

@@ -110,6 +110,86 @@ def store_lock(directory: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _store_state(db: Path) -> tuple[str, int]:
+    """("ok" | "new" | "outdated" | "partial" | "corrupt", number of runs it holds) of a sqlite store."""
+    import sqlite3
+
+    if not db.exists() or db.stat().st_size == 0:
+        return "new", 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as c:
+            tables = {r[0] for r in c.execute("select name from sqlite_master where type = 'table'")}
+            runs = c.execute("select count(*) from runs").fetchone()[0] if "runs" in tables else 0
+            version = (c.execute("select version_num from alembic_version").fetchone() or [None])[0] \
+                if "alembic_version" in tables else None
+    except sqlite3.DatabaseError:
+        return "corrupt", 0
+    if not tables:
+        return "new", 0
+    if any(t.startswith("_alembic_tmp_") for t in tables) or not {"experiments", "runs"} <= tables or version is None:
+        return "partial", runs
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return ("ok" if version == _get_latest_schema_revision() else "outdated"), runs
+
+
+def _build_on_copy(db: Path, source: Path | None) -> None:
+    """Create (``source`` None) or migrate a copy of ``source`` beside ``db``, then rename it into place:
+    a full disk or a kill in the middle leaves the old store (or none) and no temporary file."""
+    import sqlite3
+
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables, _upgrade_db
+
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    try:
+        if source is not None:
+            with contextlib.closing(sqlite3.connect(source)) as src, contextlib.closing(sqlite3.connect(tmp)) as dst:
+                src.backup(dst)
+        engine = sqlalchemy.create_engine(f"sqlite:///{tmp}")
+        try:
+            if source is None:
+                _initialize_tables(engine)
+            else:
+                _upgrade_db(engine)
+        finally:
+            engine.dispose()
+        os.replace(tmp, db)
+    except Exception as e:  # noqa: BLE001 - any failure: the original stays as it was
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        verb = "create" if source is None else "migrate"
+        raise UserError(f"tracking store {db}: cannot {verb} it ({first}); nothing was changed") from None
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+            if leftover.exists():
+                leftover.unlink()
+
+
+def prepare_sqlite_store(db: Path) -> str | None:
+    """Make ``db`` a current, complete MLflow store before any client opens it (call under
+    ``store_lock``). A new store is created on a copy renamed into place; an outdated one is migrated
+    on a copy; one left half-made by an older avbench (an interrupted creation, ``_alembic_tmp_*``) is
+    moved aside and recreated when it holds no run, and refused in one line when it does. Returns a
+    note when it repaired something."""
+    state, runs = _store_state(db)
+    if state == "ok":
+        return None
+    if state == "new":
+        _build_on_copy(db, None)
+        return None
+    if state == "outdated":
+        _build_on_copy(db, db)
+        return f"tracking store {db}: migrated to the installed MLflow's schema"
+    if runs == 0:  # half-made (or not a database) and holding nothing: set it aside, start again
+        aside = db.with_name(f"{db.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(db, aside)
+        _build_on_copy(db, None)
+        return f"tracking store {db}: was half-created ({state}); set aside as {aside.name} and recreated"
+    raise UserError(f"tracking store {db}: {'half-migrated' if state == 'partial' else 'not an sqlite database'} and "
+                    f"holding {runs} run(s); restore it from a backup (or move it aside; the results under "
+                    f"{db.parent / 'runs'} can be sent again with avbench sync)")
+
+
 # --- who owns a RUNNING run ------------------------------------------------------------------------
 def _start_time(pid: int) -> str | None:
     try:
@@ -193,6 +273,10 @@ class Tracker:
         if down:
             raise TrackingUnavailable(f"tracking server {self.uri} is not reachable ({down})")
         with self._lock():  # sqlite: the first process creates and migrates the store; the others wait
+            if self.uri.startswith("sqlite:///"):
+                note = prepare_sqlite_store(Path(self.uri[len("sqlite:///"):]))
+                if note:
+                    logging.getLogger(__name__).warning(note)
             self.client = MlflowClient(tracking_uri=self.uri)
             if self.uri.startswith("sqlite:"):
                 self.client.search_experiments(max_results=1)

@@ -102,9 +102,14 @@ def resolve(cache: Any, fraction: float = DEFAULT_FRACTION, seed: int = DEFAULT_
     record = dict(cache.manifest.validation or {})
     rows_path = cache.root / train.name / ROWS_FILE
     if record.get("source") == "holdout" and rows_path.exists():
-        rows = np.load(rows_path)
-        if record.get("ids_sha256") == ids_hash(train.ids, rows):
-            return Validation(train.name, rows, False, rows, record)
+        try:  # data only (never a pickle), and every row a row of the split, before anything indexes it
+            rows = np.load(rows_path, allow_pickle=False)
+            ok = (rows.ndim == 1 and rows.dtype.kind in "iu" and (len(rows) == 0 or (
+                int(rows.min()) >= 0 and int(rows.max()) < len(train.ids) and bool((np.diff(rows) > 0).all()))))
+        except (OSError, ValueError):
+            rows, ok = np.zeros(0, np.int64), False
+        if ok and record.get("ids_sha256") == ids_hash(train.ids, rows):
+            return Validation(train.name, rows.astype(np.int64), False, rows.astype(np.int64), record)
         log.warning("%s: the recorded validation rows do not match the clip ids; recomputing", rows_path)
     candidates = np.flatnonzero(train.present.any(axis=1))
     rows = stratified_holdout(train.labels, candidates, fraction, seed)
@@ -120,8 +125,17 @@ def resolve(cache: Any, fraction: float = DEFAULT_FRACTION, seed: int = DEFAULT_
 
 
 def record_holdout(root: Path, rows_path: Path, rows: np.ndarray, record: dict[str, Any]) -> None:
-    """Write the rows file, then the manifest entry, each atomically (concurrent first uses compute
-    the same rows and write the same bytes)."""
+    """Write the rows file, then the manifest entry, each atomically, under the cache's lock: concurrent
+    first uses compute the same rows, and the manifest's read-modify-write must not lose another
+    writer's change."""
+    from avbench.locks import file_lock
+
+    # Its own lock inside the cache (the cache's builder may hold the one beside it while it records).
+    with file_lock(Path(root) / ".validation.lock", "recording the validation split"):
+        _record_holdout(root, rows_path, rows, record)
+
+
+def _record_holdout(root: Path, rows_path: Path, rows: np.ndarray, record: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=rows_path.name + ".", suffix=".tmp", dir=rows_path.parent)
     try:
         os.fchmod(fd, fmt.umask_mode())

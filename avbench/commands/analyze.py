@@ -99,7 +99,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             raise UserError(f"no finished runs for dataset '{args.dataset}'"
                             + (f" and strategy {args.strategy}" if args.strategy else ""))
     if args.seeds:
-        from avbench.runner import parse_seeds
+        from avbench.config import parse_seeds
 
         keep = {str(s) for s in parse_seeds(args.seeds)}
         ids = [i for i in ids if tracker.client.get_run(i).data.tags.get("avbench.seed") in keep]

@@ -56,9 +56,10 @@ import numpy as np
 from avbench.cache import validation
 from avbench.cache.format import Manifest
 from avbench.cache.writer import CacheWriter
-from avbench.config import config_hash, in_range
+from avbench.config import SEED_MAX, config_hash, in_range
 from avbench.datasets.base import DatasetCard
 from avbench.errors import UserError
+from avbench.locks import file_lock, lock_beside
 
 EVENT_TYPES = ("continuous", "instant", "rhythmic", "audio_only", "visual_only")
 GENERATOR_VERSION = 3  # bump when generation changes numbers: it is part of the cache key
@@ -114,6 +115,39 @@ def _check(k: SynthKnobs) -> None:
         raise UserError("--set data.secondary_rate must be in [0, 1]")
     if not 0 < k.instant_fraction <= 1:
         raise UserError("--set data.instant_fraction must be in (0, 1]")
+    if k.onset_jitter >= k.steps:  # an onset moves within the clip: at most steps - 1
+        raise UserError(f"--set data.onset_jitter={k.onset_jitter}: must be below data.steps={k.steps}")
+    if k.train_clips < 2 * k.classes:  # every class needs a clip to train on and one to validate on
+        raise UserError(f"--set data.classes={k.classes}: needs data.train_clips >= 2 x classes "
+                        f"({2 * k.classes}), got {k.train_clips}")
+    held = int(round(k.val_fraction * k.train_clips))
+    if held < 1 or k.train_clips - held < 1:
+        raise UserError(f"--set data.val_fraction={k.val_fraction}: holds out {held} of {k.train_clips} training "
+                        f"clips; at least one must be held out and one left to train on")
+    if k.seed > SEED_MAX:
+        raise UserError(f"--set data.seed={k.seed}: must be at most {SEED_MAX}")
+
+
+def resources(k: SynthKnobs) -> tuple[int, int]:
+    """(bytes of memory, bytes of disk) generating and writing the cache takes: the larger split in
+    float64 with the generator's temporaries, and every split's arrays as written (float16 features)."""
+    dims = k.audio_dim + k.video_dim
+    n_max = max(k.train_clips, k.test_clips)
+    per_step = 8 * dims + 16 * max(k.audio_dim, k.video_dim) + 2 * dims + 8  # float64, temporaries, float16, masks
+    memory = n_max * (k.steps * per_step + 2 * k.classes + 8 * k.instance_dim + 64)
+    per_clip = k.steps * (2 * dims + 1) + k.classes + 4 * k.instance_dim + 2 + 3 + 24  # + ids.txt
+    return memory, (k.train_clips + k.test_clips) * per_clip
+
+
+def check_resources(k: SynthKnobs, path: Path) -> None:
+    """Refuse (needs X, has Y) a synth cache that would not fit in memory or on disk, before generating."""
+    from avbench import fsguard
+
+    memory, disk = resources(k)
+    what = (f"synth cache (data.train_clips={k.train_clips}, test_clips={k.test_clips}, steps={k.steps}, "
+            f"dims {k.audio_dim}+{k.video_dim}, classes={k.classes})")
+    fsguard.check_memory(memory, what)
+    fsguard.check_space(path, disk, what)
 
 
 def _unit(rng: np.random.Generator, *shape: int) -> np.ndarray:
@@ -299,4 +333,11 @@ class SynthCard(DatasetCard):
         path = self.cache_dir(cache_root, knobs)
         if (path / "manifest.json").exists():
             return path
-        return build_synth_cache(path, knobs)
+        _check(knobs)
+        check_resources(knobs, path)
+        # One builder per cache: others wait and reuse what it made; a builder that died (kill -9,
+        # SIGBUS) released the lock with its life, and its half-written directory is rebuilt.
+        with file_lock(lock_beside(path), f"generating the synth cache {path.name}"):
+            if (path / "manifest.json").exists():
+                return path
+            return build_synth_cache(path, knobs)
