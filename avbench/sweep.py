@@ -26,6 +26,7 @@ import ast
 import dataclasses
 import itertools
 import json
+import math
 import operator
 import re
 import time
@@ -141,6 +142,8 @@ def parse_grid(grids: list[str], ties: list[str] | None = None) -> Grid:
     return grid
 
 
+TIE_MAX = 1e12  # a tied setting is a count, a width or a rate: far below this
+TIE_MAX_CHARS = 200
 _OPS: dict[type, Callable[..., Any]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
     ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
@@ -176,15 +179,36 @@ def evaluate(expr: str, point: dict[str, str], target: str = "?") -> int | float
                 raise UserError(f"--tie {target}: '{name}' is not a swept key (swept: {', '.join(point) or 'none'})")
             return _number(point[name], name)
         if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            left, right = ev(node.left), ev(node.right)
+            if isinstance(node.op, ast.Pow):
+                _check_power(left, right, target, expr)
             try:
-                return _OPS[type(node.op)](ev(node.left), ev(node.right))
+                return bounded(_OPS[type(node.op)](left, right))
             except ZeroDivisionError:
                 raise UserError(f"--tie {target}: division by zero in '{expr}'") from None
         if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](ev(node.operand))
+            return bounded(_OPS[type(node.op)](ev(node.operand)))
         raise UserError(f"--tie {target}: only numbers, swept keys and + - * / // % ** are allowed in '{expr}'")
 
+    def bounded(v: int | float) -> int | float:
+        if isinstance(v, complex) or not math.isfinite(v) or abs(v) > TIE_MAX:
+            raise UserError(f"--tie {target}: '{expr}' reaches {v if not isinstance(v, int) else f'{v:.3g}'}, "
+                            f"beyond +-{TIE_MAX:g} (a setting, not a computation)")
+        return v
+
+    if len(expr) > TIE_MAX_CHARS:
+        raise UserError(f"--tie {target}: the expression is {len(expr)} characters; at most {TIE_MAX_CHARS}")
     return ev(ast.parse(expr, mode="eval"))
+
+
+def _check_power(base: int | float, exponent: int | float, target: str, expr: str) -> None:
+    """Refuse a power whose result would pass TIE_MAX before computing it (``9**9**9`` would take the
+    CPU for minutes): checked on magnitudes, so each ``**`` costs nothing when it is refused."""
+    b = abs(base)
+    if b in (0, 1) or exponent <= 0:
+        return
+    if exponent > 64 or (b > 1 and exponent * math.log10(b) > math.log10(TIE_MAX)):
+        raise UserError(f"--tie {target}: '{expr}' computes {base:g}**{exponent:g}, beyond +-{TIE_MAX:g}")
 
 
 def _dotted(node: ast.AST) -> str:
@@ -294,6 +318,7 @@ def run_sweep(req: SweepRequest, on_point: Callable[[int, int, PointResult], Non
     ex = executor or options.make(req)
     try:
         options.check_tracking_shared(ex, req.results_dir)
+        validate_points(req, name, points)  # every point checked before any point trains
         plans = [_plan(req, name, strategy, point) for strategy in req.strategies for point in points]
         tracker = _tracker(req.results_dir) if any(p.summary for p in plans) else None
         if tracker is not None and not req.grid.empty:
@@ -326,6 +351,26 @@ def run_sweep(req: SweepRequest, on_point: Callable[[int, int, PointResult], Non
     finally:
         if own:
             ex.close()
+
+
+def validate_points(req: SweepRequest, name: str, points: list[dict[str, str]]) -> None:
+    """Resolve every (strategy, point) as ``avbench run`` would (keys, types, ranges, the dataset it
+    needs) and refuse the whole sweep in one line if any is bad: a grid with a typo must not spend an
+    hour training its good points first."""
+    from avbench import runner
+
+    bad = []
+    for strategy in req.strategies:
+        for point in points:
+            try:
+                rr = _request(req, name, strategy, point, "")
+                runner.check_trains(runner.resolve(rr))
+            except UserError as e:
+                bad.append(f"{strategy} {format_point(point) or '(no grid)'}: {str(e).splitlines()[0]}")
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise UserError(f"{len(bad)} of {len(points) * len(req.strategies)} sweep point(s) are invalid, nothing "
+                        f"was trained: {bad[0]}{more}")
 
 
 def run_seed(rr: Any) -> dict[str, Any]:
