@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avbench.errors import UserError
+
 
 @dataclass(frozen=True)
 class FeatureSpec:
@@ -92,6 +94,39 @@ class Capabilities:
         return self.reasons.get(capability, f"the strategy does not declare '{capability}' support")
 
 
+COLUMNS = ("audio", "video", "fusion")  # the evaluation columns (Table I of the UAVM paper), in order
+CAPABILITY_OF = {"audio": "audio_only", "video": "video_only", "fusion": "fusion"}  # column -> Capabilities field
+PRIMARY = {"multiclass": "acc", "multilabel": "mAP"}  # task -> the metric a run is judged by
+
+STEPS_KEY = "train.max_steps"  # the run length; a search space's "steps" type is a share of the tuning budget
+
+
+def default_space(recipe: Any) -> dict[str, dict[str, Any]]:
+    """The search space every strategy gets unless it overrides ``Strategy.search_space``: lr over two
+    decades around the recipe's, weight decay, and the run length (a share of the step budget).
+
+    It lives here, with the interface, because it is what a strategy declares (data that ``avbench
+    tune`` reads), so a strategy extending it imports nothing above the interface."""
+    return {"train.lr": {"type": "float", "low": recipe.lr / 10, "high": recipe.lr * 10, "log": True},
+            "train.weight_decay": {"type": "float", "low": 1e-7, "high": 1e-2, "log": True},
+            STEPS_KEY: {"type": "steps", "low": 0.25, "high": 1.0}}
+
+
+PROTOCOLS = ("standard", "cross-modal")
+
+
+def check_protocol(strategy_cls: type["Strategy"], protocol: str, train_modality: str | None) -> None:
+    """The protocol exists and the strategy declares it can run it; ``UserError`` naming why not.
+    Resolution calls this before anything is logged, and the engine again for callers that build one."""
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown protocol '{protocol}' (standard or cross-modal)")
+    if protocol == "cross-modal" and not strategy_cls.capabilities.cross_modal:
+        raise UserError(f"{strategy_cls.name} cannot run the cross-modal protocol: "
+                        f"{strategy_cls.capabilities.why_not('cross_modal')}")
+    if protocol == "cross-modal" and train_modality not in ("audio", "video"):
+        raise UserError("--protocol cross-modal needs --train-modality audio or video")
+
+
 @dataclass
 class NoConfig:
     """Config for strategies with nothing to configure."""
@@ -128,11 +163,9 @@ class Strategy(nn.Module):
     def search_space(cls, recipe: Any) -> dict[str, dict[str, Any]]:
         """What ``avbench tune`` searches, keyed as for ``--set``: ``{"train.lr": {"type": "float",
         "low": 1e-4, "high": 1e-2, "log": True}, "model.dropout": {"type": "categorical", "choices":
-        [0.0, 0.1]}, ...}``. The default (avbench/tune.py) searches lr over two decades around the
+        [0.0, 0.1]}, ...}``. The default (``default_space``) searches lr over two decades around the
         recipe's, weight decay, and the run length ``train.max_steps`` as a share of the tuning step
         budget (the same for every strategy). Override to add the strategy's own fields."""
-        from avbench.tune import default_space
-
         return default_space(recipe)
 
     @classmethod

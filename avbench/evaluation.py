@@ -1,8 +1,8 @@
 """Evaluate a strategy on a split without training: ``avbench eval``, and the entry point analyses share.
 
-There is one evaluation code path, the engine's: ``Engine.evaluate`` (the Audio / Video / Fusion
-columns a strategy supports, top-1/top-5 accuracy, mAP, mAUC, d', and A<->V retrieval on the test
-split) on inputs prepared by ``Engine.make_batch(train=False)`` (the recipe's per-step L2 norm). This
+There is one evaluation code path, ``avbench.train.evaluate`` (the Audio / Video / Fusion columns a
+strategy supports, top-1/top-5 accuracy, mAP, mAUC, d', and A<->V retrieval on the test split) on
+inputs prepared by ``avbench.train.evaluate.eval_batch`` (the recipe's per-step L2 norm). This
 module builds an engine for evaluation only (no split held on the device for training, no validation
 hold-out), so ``avbench eval`` of a model trained by ``avbench run`` gives ``run``'s test metrics
 exactly, and the same weights give the same numbers wherever they are evaluated.
@@ -22,10 +22,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from avbench import registry, results
+from avbench.api import PRIMARY, Strategy
+from avbench.authors_checkpoint import WeightsFile, load_into, read_weights
+from avbench.cache.reader import FeatureCache
 from avbench.errors import UserError
-
-PRIMARY = {"multiclass": "acc", "multilabel": "mAP"}
+from avbench.hardware import resolve_precision
+from avbench.resolve import Resolved, RunRequest, resolve
+from avbench.tracking import TAG_PROTOCOL, TAG_STRATEGY, Tracker
+from avbench.train.data import BatchSource
+from avbench.train.engine import Engine
+from avbench.train.evaluate import EvalResult
+from avbench.train.process import describe_device, set_seed
+from avbench.train.recipe import Recipe
 
 
 @dataclass
@@ -46,26 +57,14 @@ class EvalRequest:
     track: bool = True
 
 
-def prepare(raw: dict[str, Any], recipe: Any) -> Any:
-    """Evaluation preprocessing of gathered rows (float features, the recipe's per-step L2 norm),
-    by the engine's own code: ``Engine.make_batch(train=False)`` reads nothing but the recipe."""
-    from types import SimpleNamespace
-
-    from avbench.train.engine import Engine
-
-    return Engine.make_batch(SimpleNamespace(recipe=recipe, strategy=None, seed=0, rank=0), raw, train=False)
-
-
-def evaluate_split(strategy: Any, cache: Any, recipe: Any, split: str | None = None, *, device: Any = "cpu",
-                   protocol: str = "standard", progress: bool = False) -> Any:
+def evaluate_split(strategy: Strategy, cache: FeatureCache, recipe: Recipe, split: str | None = None, *,
+                   device: str | torch.device = "cpu", protocol: str = "standard",
+                   progress: bool = False) -> EvalResult:
     """``EvalResult`` of ``strategy`` on ``split`` (default the cache's test split) through the engine.
 
     The test split gets everything ``run`` reports (retrieval included); another split gets the
     classification columns (its retrieval is recorded as skipped).
     """
-    from avbench.train.data import BatchSource
-    from avbench.train.engine import Engine
-
     test = cache.test_split_name()
     name = test if split in (None, "test") else split
     # Evaluation only: nothing held on the device for training, every training row kept (no hold-out).
@@ -80,7 +79,7 @@ def evaluate_split(strategy: Any, cache: Any, recipe: Any, split: str | None = N
     return result
 
 
-def _overrides(req: EvalRequest, weights: Any, strategy_cls: type) -> dict[str, str]:
+def _overrides(req: EvalRequest, weights: WeightsFile, strategy_cls: type[Strategy]) -> dict[str, str]:
     """An avbench model.pt brings the config it was trained with; ``--set`` goes on top."""
     if weights.kind != "avbench":
         return dict(req.overrides)
@@ -93,20 +92,13 @@ def _overrides(req: EvalRequest, weights: Any, strategy_cls: type) -> dict[str, 
 
 def run_eval(req: EvalRequest) -> dict[str, Any]:
     """Load the weights, evaluate, log, write what was asked; return the summary."""
-    import torch
-
-    from avbench import registry, runner
-    from avbench.authors_checkpoint import load_into, read_weights
-    from avbench.hardware import resolve_precision
-    from avbench.train.engine import describe_device, environment, set_seed
-
     weights = read_weights(req.checkpoint)
     strategy_cls = registry.load_strategy(req.strategy)
-    rr = runner.RunRequest(strategy=req.strategy, dataset=req.dataset, cache=req.cache,
-                           overrides=_overrides(req, weights, strategy_cls), results_dir=req.results_dir,
-                           device=req.device, cache_root=req.cache_root, progress=req.progress,
-                           recipe_name=req.recipe_name, preset=req.preset)
-    r = runner.resolve(rr)
+    rr = RunRequest(strategy=req.strategy, dataset=req.dataset, cache=req.cache,
+                    overrides=_overrides(req, weights, strategy_cls), results_dir=req.results_dir,
+                    device=req.device, cache_root=req.cache_root, progress=req.progress,
+                    recipe_name=req.recipe_name, preset=req.preset)
+    r = resolve(rr)
     if req.split not in ("test", *r.cache.split_names, "val"):
         raise UserError(f"--split {req.split}: the cache has {', '.join(r.cache.split_names)}")
     set_seed(0)
@@ -126,7 +118,7 @@ def run_eval(req: EvalRequest) -> dict[str, Any]:
         "recipe_name": req.recipe_name, **loaded,
         "cache": {"path": str(r.cache.root), "key": r.cache.manifest.key},
         "device": describe_device(torch.device(req.device)), "precision": resolve_precision(r.recipe.amp, torch.device(req.device))[0],
-        "environment": environment(),
+        "environment": results.environment(),
         "run_id": None, "tracking_uri": None}
     if req.save_predictions:
         save_predictions(req.save_predictions, final, ids)
@@ -135,7 +127,7 @@ def run_eval(req: EvalRequest) -> dict[str, Any]:
     return summary
 
 
-def save_predictions(path: str | Path, final: Any, ids: list[str]) -> Path:
+def save_predictions(path: str | Path, final: EvalResult, ids: list[str]) -> Path:
     """Clip ids, labels and one ``logits_<column>`` array per column (float32), rows in split order."""
     p = Path(path).expanduser()
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -147,11 +139,8 @@ def save_predictions(path: str | Path, final: Any, ids: list[str]) -> Path:
     return p
 
 
-def _log(req: EvalRequest, r: Any, summary: dict[str, Any], final: Any, ids: list[str],
+def _log(req: EvalRequest, r: Resolved, summary: dict[str, Any], final: EvalResult, ids: list[str],
          cfg_dict: dict[str, Any], recipe_dict: dict[str, Any]) -> None:
-    from avbench import results
-    from avbench.tracking import TAG_STRATEGY, Tracker
-
     tracker = Tracker(req.results_dir)
     params = {"strategy": r.strategy_cls.name, "strategy_target": req.strategy, "dataset": r.dataset,
               "split": summary["split"], "cache": str(r.cache.root), "cache_key": r.cache.manifest.key,
@@ -161,7 +150,7 @@ def _log(req: EvalRequest, r: Any, summary: dict[str, Any], final: Any, ids: lis
               **{f"model.{k}": v for k, v in cfg_dict.items()}, **{f"train.{k}": v for k, v in recipe_dict.items()}}
     name = f"{r.strategy_cls.name}-eval-{Path(summary['checkpoint']).stem}"
     run_id = tracker.start_eval(r.dataset, name, params, {TAG_STRATEGY: r.strategy_cls.name,
-                                                           "avbench.protocol": "standard"})
+                                                           TAG_PROTOCOL: "standard"})
     try:
         tracker.log_metrics(run_id, summary["metrics"])
         summary.update(run_id=run_id, tracking_uri=tracker.uri)

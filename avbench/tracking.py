@@ -45,6 +45,10 @@ TAG_SEED = "avbench.seed"
 TAG_PROCESS = "avbench.process"  # "<host>:<pid>:<process start time>" of the process that owns a RUNNING run
 TAG_RECORD = "avbench.record"  # the local record a child run mirrors (avbench.record)
 TAG_PARENT = "mlflow.parentRunId"
+TAG_PROTOCOL = "avbench.protocol"  # "standard" or "cross-modal"
+TAG_CREATED_BY = "avbench.created_by"  # "sweep:<name>" on a sweep's parents
+TAG_SWEEP_PREFIX = "avbench.sweep."  # + sweep name: that sweep's point (JSON) on a parent
+TAG_TUNED = "avbench.tuned"  # the tuned.json a run started from (run --tuned)
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the classic ML layout in the UI
 
 # Every HTTP call to a tracking server: at most HTTP_RETRIES retries of HTTP_TIMEOUT_S each (with a

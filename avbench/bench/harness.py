@@ -26,10 +26,19 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from avbench import config as cfgmod
+from avbench import fsguard, results
 from avbench.bench.flops import count_flops
 from avbench.bench.peak import PeakMemory, RateProbe, current_rss, default_sizes, matmul_rate
 from avbench.bench.timing import load_average, synchronize, time_rounds
+from avbench.cache.format import Manifest
+from avbench.cache.writer import CacheWriter
 from avbench.errors import UserError
+from avbench.nn.transformer import Attention
+from avbench.resolve import RunRequest, resolve
+from avbench.tracking import TAG_KIND, TAG_STRATEGY, Tracker
+from avbench.train.engine import Engine, TrainStep
+from avbench.train.process import autocast, describe_device, set_seed
 
 MODES = ("train", "infer", "both")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -78,9 +87,6 @@ class SyntheticSpec:
 
 def write_synthetic_cache(path: Path, spec: SyntheticSpec, train: int, test: int) -> Path:
     """A cache of random features (written in chunks; labels one class per clip, or 1-3 multilabel)."""
-    from avbench.cache.format import Manifest
-    from avbench.cache.writer import CacheWriter
-
     manifest = Manifest(dataset="bench-synthetic", task="multilabel" if spec.multilabel else "multiclass",
                         num_classes=spec.classes, num_steps=spec.steps, audio_dim=spec.audio_dim,
                         video_dim=spec.video_dim, key=f"bench-synthetic-{spec.seed}",
@@ -125,9 +131,6 @@ def _free_cuda(device: torch.device) -> None:
 
 def run_bench(req: BenchRequest) -> dict[str, Any]:
     """Resolve the strategy and data exactly as ``avbench run`` does, then benchmark (see module doc)."""
-    from avbench import config as cfgmod
-    from avbench import runner
-
     if req.mode not in MODES:
         raise UserError(f"--mode must be one of {', '.join(MODES)}, got '{req.mode}'")
     if req.amp is not None and req.amp not in PRECISIONS:
@@ -155,15 +158,16 @@ def run_bench(req: BenchRequest) -> dict[str, Any]:
             train = spec.clips or max(4 * bs_hint, 2 * cap)
             test = spec.test_clips or bs_hint
             tmp = tempfile.TemporaryDirectory(prefix="avbench-bench-")
+            fsguard.check_resources((train + test) * spec.classes + 8 * min(train, 1024) * spec.steps * (spec.audio_dim + spec.video_dim), (train + test) * spec.steps * (2 * (spec.audio_dim + spec.video_dim) + 1), tmp.name, f"--synthetic features for batch size {bs_hint} ({train} + {test} clips)")  # noqa: E501 (issue 24)
             path = write_synthetic_cache(Path(tmp.name) / "cache", spec, train, test)
-            rreq = runner.RunRequest(strategy=req.strategy, cache=str(path), overrides=overrides, device=req.device,
+            rreq = RunRequest(strategy=req.strategy, cache=str(path), overrides=overrides, device=req.device,
                                      cache_root=req.cache_root, progress=req.progress)
             source = {"kind": "synthetic", **dataclasses.asdict(spec), "clips": train, "test_clips": test}
         else:
-            rreq = runner.RunRequest(strategy=req.strategy, dataset=req.dataset, cache=req.cache, overrides=overrides,
+            rreq = RunRequest(strategy=req.strategy, dataset=req.dataset, cache=req.cache, overrides=overrides,
                                      device=req.device, cache_root=req.cache_root, progress=req.progress)
             source = {"kind": "dataset" if req.dataset else "cache", "name": req.dataset or req.cache}
-        resolved = runner.resolve(rreq)
+        resolved = resolve(rreq)
         return _bench(req, resolved, source)
     finally:
         if tmp is not None:
@@ -171,8 +175,6 @@ def run_bench(req: BenchRequest) -> dict[str, Any]:
 
 
 def _bench(req: BenchRequest, res: Any, source: dict[str, Any]) -> dict[str, Any]:
-    from avbench.train.engine import Engine, describe_device, environment, set_seed
-
     device = torch.device(req.device)
     cuda = device.type == "cuda"
     warmup = req.warmup if req.warmup is not None else (10 if cuda else 2)
@@ -252,7 +254,7 @@ def _bench(req: BenchRequest, res: Any, source: dict[str, Any]) -> dict[str, Any
     if "reference" in out:
         out["reference"]["speedup"] = out["train"]["clips_per_s"] / out["reference"]["clips_per_s"]
     out["load_average"] = {"before": load_before, "after": load_average()}
-    out["environment"] = environment()
+    out["environment"] = results.environment()
     out["recipe"] = dataclasses.asdict(engine.recipe)
     return out
 
@@ -294,8 +296,6 @@ def _guard_oom(engine: Any, fn: Callable[[], Any]) -> Any:
 
 def _attention_kind(strategy: Any, device: torch.device) -> str:
     """The attention implementation(s) the strategy's avbench blocks run at its T (sdpa, bmm, reference)."""
-    from avbench.nn.transformer import Attention
-
     n = strategy.features.num_steps
     kinds = {m.kernel(n, device) for m in strategy.modules() if isinstance(m, Attention)}
     return "/".join(sorted(kinds)) or "n/a"
@@ -308,13 +308,10 @@ class _Reference:
     optimizer state and batches."""
 
     def __init__(self, engine: Any, optimizer: torch.optim.Optimizer):
-        from avbench.nn.transformer import Attention
-        from avbench.train.engine import _TrainStep
-
         self.engine = engine
         self.attn = [m for m in engine.strategy.modules() if isinstance(m, Attention)]
         self.recipe = dataclasses.replace(engine.recipe, amp="fp32", compile=False)
-        self.module = _TrainStep(engine.strategy)
+        self.module = TrainStep(engine.strategy)
         self.groups = optimizer.param_groups
 
     def __enter__(self) -> "_Reference":
@@ -354,8 +351,6 @@ def bench_train(engine: Any, warmup: int, steps: int, data_path: bool, reference
                 probe: RateProbe | None) -> dict[str, Any]:
     """Train step figures (``train``), the reference side by side (``reference``) and the data path
     (``data``): the configurations run interleaved, one step each per round."""
-    from avbench.train.engine import _TrainStep
-
     device = engine.device
     strategy = engine.strategy
     strategy.train()
@@ -365,7 +360,7 @@ def bench_train(engine: Any, warmup: int, steps: int, data_path: bool, reference
     premade = [engine.make_batch(_gather(engine, p.fetch), train=True, step=i, plan=p) for i, p in enumerate(plans[:k])]
     attention = _attention_kind(strategy, device)
     # One step under the FLOP counter, uncompiled (the counter sees every matmul of forward and backward).
-    engine.step_module = _TrainStep(strategy)
+    engine.step_module = TrainStep(strategy)
     flops, _ = _guard_oom(engine, lambda: count_flops(lambda: engine.train_step(premade[0], 0, optimizer)))
     engine.wrap_step_module()
     counter = {"step": 1}
@@ -439,7 +434,7 @@ def bench_train(engine: Any, warmup: int, steps: int, data_path: bool, reference
     if full_epoch:
         synchronize(device)
         t0 = time.perf_counter()
-        _, n_clips, _ = engine._train_epoch(optimizer, engine.strategy.stage, 0, counter["step"])
+        _, n_clips, _ = engine.train_epoch(optimizer, engine.strategy.stage, 0, counter["step"])
         synchronize(device)
         dt = time.perf_counter() - t0
         data["epoch"] = {"seconds": dt, "clips": n_clips, "clips_per_s": n_clips / dt if dt > 0 else float("nan"),
@@ -449,8 +444,6 @@ def bench_train(engine: Any, warmup: int, steps: int, data_path: bool, reference
 
 
 def bench_infer(engine: Any, batch_size: int, warmup: int, steps: int, probe: RateProbe | None) -> dict[str, Any]:
-    from avbench.train.engine import autocast
-
     strategy = engine.strategy
     caps = strategy.capabilities
     column = "fusion" if caps.fusion else ("audio" if caps.audio_only else "video")
@@ -493,10 +486,8 @@ def find_batch_size(engine: Any, start: int, limit: int) -> tuple[int, list[dict
     before raising, so a size is not tried when its projected peak (twice the last one's step
     memory) exceeds 80% of the memory the process can still use.
     """
-    from avbench.train.engine import _TrainStep
-
     device = engine.device
-    engine.step_module = _TrainStep(engine.strategy)
+    engine.step_module = TrainStep(engine.strategy)
     engine.strategy.train()
     optimizer = engine.make_optimizer()
     mem = PeakMemory(device)
@@ -549,8 +540,6 @@ def find_batch_size(engine: Any, start: int, limit: int) -> tuple[int, list[dict
 
 def log_to_mlflow(result: dict[str, Any], results_dir: str) -> str:
     """One run in the ``avbench-bench`` experiment: settings as params, figures as metrics, the JSON."""
-    from avbench.tracking import TAG_KIND, TAG_STRATEGY, Tracker
-
     tracker = Tracker(results_dir)
     exp = tracker.experiment_id("bench")
     run = tracker.client.create_run(exp, run_name=f"bench-{result['strategy']}-{result['device']}",

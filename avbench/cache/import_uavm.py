@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from avbench.cache import format as fmt
-from avbench.cache.validation import record_validation
+from avbench.cache.reader import record_validation
 from avbench.cache.writer import CacheWriter
 from avbench.config import config_hash
 from avbench.datasets.adapters import read_class_indices

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,10 +18,9 @@ from torch import Tensor
 
 from avbench.api import FeatureSpec, TaskSpec
 from avbench.cache import format as fmt
+from avbench.cache import validation as validation_mod
+from avbench.cache.validation import Validation
 from avbench.errors import UserError
-
-if TYPE_CHECKING:
-    from avbench.cache.validation import Validation
 
 
 class FeatureCache:
@@ -87,12 +86,10 @@ class FeatureCache:
 
     # --- validation (avbench/cache/validation.py) ---------------------------------------------------
     @cached_property
-    def validation(self) -> "Validation":
+    def validation(self) -> Validation:
         """The validation split: official, or a stratified hold-out of the training split recorded in
         the cache on first use. Identical for every strategy and run on this cache."""
-        from avbench.cache.validation import resolve
-
-        return resolve(self)
+        return validation_mod.resolve(self)
 
     def val_split(self) -> "CacheSplit | SplitView":
         """The validation clips as a split (a row view of the training split for a hold-out)."""
@@ -228,3 +225,11 @@ class DeviceSplit:
         if self.onsets is not None:
             out["onsets"] = self.onsets[idx]
         return out
+
+
+def record_validation(root: str | Path, fraction: float = validation_mod.DEFAULT_FRACTION) -> Validation:
+    """Record a just-written cache's validation split (importers and extraction call this).
+
+    Here rather than in ``validation.py`` so that module needs no reader (it works on any object
+    with the reader's interface) and the two do not import each other."""
+    return validation_mod.resolve(FeatureCache(root), fraction=fraction)

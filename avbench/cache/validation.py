@@ -152,9 +152,3 @@ def _record_holdout(root: Path, rows_path: Path, rows: np.ndarray, record: dict[
         data["validation"] = record
         fmt.write_json_atomic(mpath, data)
 
-
-def record_validation(root: str | Path, fraction: float = DEFAULT_FRACTION) -> Validation:
-    """Record a just-written cache's validation split (importers and extraction call this)."""
-    from avbench.cache.reader import FeatureCache
-
-    return resolve(FeatureCache(root), fraction=fraction)

@@ -53,8 +53,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from avbench.cache import validation
 from avbench.cache.format import Manifest
+from avbench.cache.reader import record_validation
 from avbench.cache.writer import CacheWriter
 from avbench.config import SEED_MAX, config_hash, in_range
 from avbench.datasets.base import DatasetCard
@@ -309,7 +309,7 @@ def build_synth_cache(path: Path, k: SynthKnobs) -> Path:
         sw.write(np.arange(n), data["audio"], data["video"], onsets=data["onsets"],
                  event_type=data["event_type"], event_type2=data["event_type2"], instance=data["instance"])
     writer.finalize()
-    validation.record_validation(path, fraction=k.val_fraction)  # the stratified hold-out, with the cache
+    record_validation(path, fraction=k.val_fraction)  # the stratified hold-out, with the cache
     return path
 
 

@@ -256,7 +256,7 @@ class Extraction:
             writer = self._open(manifest, clips, splits, rank=0)  # fresh view of every rank's rows
             info = self._info(writer, norm, clips)
             writer.finalize(info)
-            from avbench.cache.validation import record_validation  # official split, or a stratified hold-out
+            from avbench.cache.reader import record_validation  # official split, or a stratified hold-out
 
             summary["validation"] = record_validation(self.out).record
             summary["info"] = info

@@ -3,6 +3,10 @@
 The engine owns everything that must be identical across strategies for a comparison to be fair:
 sampling, the recipe augmentations, the optimizer and schedule, precision, evaluation columns and
 metrics, checkpoints, and throughput measurement. The strategy owns its model and loss.
+
+Process-wide settings are in ``avbench/train/process.py`` and evaluation in ``avbench/train/evaluate.py``.
+What is left (a little over 400 lines) is one class: batch planning, the step and the loop share the
+engine's state (recipe, rows, draws, step module), and splitting them would pass that state around.
 """
 
 from __future__ import annotations
@@ -16,37 +20,29 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
-from avbench.api import Batch, Strategy
+from avbench.api import CAPABILITY_OF, COLUMNS, Batch, Strategy, check_protocol
 from avbench.cache.reader import FeatureCache
-from avbench.errors import UserError
 from avbench.hardware import resolve_precision
-from avbench.metrics.classification import classification_metrics
-from avbench.metrics.multilabel import head_union_metrics
-from avbench.metrics.retrieval import retrieval_metrics, stratified_subset
 from avbench.train import augment, distributed, sampling
+from avbench.train import evaluate as evaluation
 from avbench.train import schedule as sched_mod
 from avbench.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from avbench.train.data import BatchSource
+from avbench.train.evaluate import EvalResult, eval_batch
+from avbench.train.process import autocast, describe_device, set_seed, synchronize, to_device, tune_host_allocator
 from avbench.train.recipe import Recipe
 
-COLUMNS = ("audio", "video", "fusion")
-CAPABILITY_OF = {"audio": "audio_only", "video": "video_only", "fusion": "fusion"}
-
-
-@dataclass
-class EvalResult:
-    metrics: dict[str, float]  # "audio/acc", "fusion/mAP", "retrieval/a2v_R_at1", ...
-    logits: dict[str, np.ndarray]  # column -> [N, C] float32
-    heads: dict[str, np.ndarray]  # named per-head logits (strategies with heads)
-    labels: np.ndarray
-    skipped: dict[str, str]  # column or analysis -> reason
-    clips_per_s: float
-    rows: np.ndarray | None = None  # the test rows evaluated, in order (failed extractions excluded)
+# Re-exported: callers have long imported these from the engine.
+__all__ = ["CAPABILITY_OF", "COLUMNS", "Engine", "EvalResult", "FitResult", "StepPlan", "TrainStep", "autocast",
+           "describe_device", "set_seed", "synchronize", "to_device", "tune_host_allocator"]
 
 
 @dataclass
 class FitResult:
+    """What ``Engine.fit`` returns: per-epoch history rows, the final test evaluation, throughput."""
+
     history: list[dict[str, float]] = field(default_factory=list)
     final: EvalResult | None = None
     train_clips_per_s: float = float("nan")
@@ -75,60 +71,7 @@ class StepPlan:
     loss_scale: float = 1.0  # n_rank * world / global_size: DDP's gradient average = the global mean
 
 
-def set_seed(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def to_device(arr: np.ndarray, device: torch.device) -> Tensor:
-    """A small host array on ``device`` without a host sync: CUDA copies go through pinned memory
-    (a copy from pageable memory may wait for the stream), so the host keeps queueing work."""
-    t = torch.from_numpy(np.ascontiguousarray(arr))
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
-def tune_host_allocator() -> bool:
-    """Keep freed memory for reuse on glibc hosts (no mmap per large tensor, no trimming).
-
-    A CPU training step allocates and frees hundreds of MB of activations. glibc serves every block
-    above 32 MB with a fresh mmap, so each step page-faults that memory in again (measured: ~0.6 GB
-    per bf16 step and ~1.5 GB per fp32 step of paper-size UAVM, 2-5% of its time in the kernel). Set
-    AVBENCH_MALLOC_TUNE=0 to leave malloc alone.
-    """
-    import os
-
-    if os.environ.get("AVBENCH_MALLOC_TUNE", "1") == "0":
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4
-        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-    except (OSError, AttributeError):  # not glibc
-        return False
-
-
-def autocast(device: torch.device, amp: str):
-    if amp == "auto":  # the engine resolves once; this is for callers holding a recipe as written
-        amp = resolve_precision(amp, device)[0]
-    if amp == "fp32":
-        return torch.autocast(device_type=device.type, enabled=False)
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class _TrainStep(nn.Module):
+class TrainStep(nn.Module):
     """Wraps ``training_step`` in ``forward`` so DistributedDataParallel can hook its gradients."""
 
     def __init__(self, strategy: Strategy):
@@ -140,6 +83,17 @@ class _TrainStep(nn.Module):
 
 
 class Engine:
+    """Trains one seed of one strategy on one cache with one recipe, and evaluates it.
+
+    Build it with the strategy (already constructed and seeded), the opened cache and the recipe;
+    ``fit`` runs every stage and epoch and returns a ``FitResult``; ``evaluate`` scores the test split
+    (or the validation split with ``evaluate_on="val"``, used by tuning, which never opens test).
+    The pieces ``fit`` is made of are public so tools can drive them (``avbench bench`` times them):
+    ``global_batches``/``plan_step``/``make_batch`` (what a step trains on), ``make_optimizer``,
+    ``wrap_step_module`` (DDP and ``torch.compile``), ``train_step`` (one optimizer step),
+    ``train_epoch`` (one epoch of steps) and ``using_recipe`` (another recipe for a block).
+    """
+
     def __init__(self, strategy: Strategy, cache: FeatureCache, recipe: Recipe, *, seed: int,
                  device: str | torch.device = "cpu", protocol: str = "standard",
                  train_modality: str | None = None, checkpoint_path: Path | None = None,
@@ -162,15 +116,9 @@ class Engine:
         if world > 1:  # every rank trains in rank 0's precision
             self.precision, self.precision_reason = distributed.all_gather_objects((self.precision, self.precision_reason))[0]
         self.recipe = recipe = replace(recipe, amp=self.precision)
-        caps = strategy.capabilities
+        check_protocol(type(strategy), protocol, train_modality)  # resolve checked it too, for CLI users
         if protocol == "cross-modal":
-            if train_modality not in ("audio", "video"):
-                raise UserError("--protocol cross-modal needs --train-modality audio or video")
-            if not caps.cross_modal:
-                raise UserError(f"{strategy.name} cannot run the cross-modal protocol: {caps.why_not('cross_modal')}")
             strategy.train_modality = train_modality
-        elif protocol != "standard":
-            raise UserError(f"unknown protocol '{protocol}' (standard or cross-modal)")
         self.train_split = cache.train_split()
         # evaluate_on="val" (tuning): the validation split stands in for test, which is never opened.
         self.test_split = cache.val_split() if evaluate_on == "val" else cache.test_split()
@@ -192,14 +140,14 @@ class Engine:
         if self.device.type == "cpu":
             tune_host_allocator()
         strategy.to(self.device)
-        self.step_module: nn.Module = _TrainStep(strategy)
+        self.step_module: nn.Module = TrainStep(strategy)
         self.validator = sched_mod.Validator(self, evaluate_on)
         self.sched = sched_mod.EpochSchedule(recipe, 0, 0, 2**62, 2**62)  # fit() sets one per epoch
 
     def wrap_step_module(self) -> nn.Module:
         """The module ``train_step`` calls: DDP around the strategy when distributed (rebuilt per stage,
         since a stage may freeze or unfreeze parameters), compiled when the recipe asks."""
-        module: nn.Module = _TrainStep(self.strategy)
+        module: nn.Module = TrainStep(self.strategy)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -283,9 +231,11 @@ class Engine:
         """Gathered rows -> a Batch: per-step L2 norm, then (training) mixup, label smoothing, time roll.
 
         ``plan`` comes from ``plan_step``; without one, ``raw`` is taken as a whole one-rank batch.
-        Evaluation (``train=False``) only normalises, and uses nothing but ``self.recipe``.
+        Evaluation (``train=False``) only normalises: ``avbench.train.evaluate.eval_batch``.
         """
         r = self.recipe
+        if not train:
+            return eval_batch(raw, r)
         audio = raw["audio"].float()
         video = raw["video"].float()
         labels = raw["labels"]
@@ -293,9 +243,6 @@ class Engine:
         present, index = raw.get("present"), raw.get("index")
         if r.l2_norm:
             audio, video = augment.l2_normalize_steps(audio), augment.l2_normalize_steps(video)
-        if not train:
-            return Batch(audio=audio, video=video, targets=labels.float(), labels=labels, present=present,
-                         onsets=onsets, index=index)
         labelled = self.strategy.stage_uses_labels(self.strategy.stage)
         if plan is None:
             size = labels.shape[0]
@@ -374,6 +321,18 @@ class Engine:
             self.recipe = saved
 
     def fit(self, resume: bool = False) -> FitResult:
+        """Train every stage of the strategy, epoch by epoch, and evaluate; the run's ``FitResult``.
+
+        Per stage: ``begin_stage``, the stage's recipe (``stage_recipe``; evaluation always uses the
+        run's), its length (``schedule.stage_length``), a fresh optimizer over the parameters still
+        trainable, and the step module rebuilt (DDP/compile). Per epoch: the learning-rate schedule,
+        ``train_epoch``, diagnostics, the validation curve, and (supervised stages, every epoch or the
+        last) ``evaluate``. The checkpoint is written after each epoch, before ``on_epoch`` is called,
+        so an epoch whose metrics could not be sent is not lost. With ``resume`` the finished epochs of
+        the checkpoint are skipped and the optimizer, step counter, generators and validator restored:
+        a resumed run continues exactly. ``step`` (what ``training_step`` and ``after_optimizer_step``
+        receive) counts optimizer steps across all stages, from 0.
+        """
         set_seed(self.seed)
         r = self.recipe
         result = FitResult()
@@ -413,7 +372,7 @@ class Engine:
                                                          self.strategy.stage_uses_labels(stage))
                     self.validator.begin(self.sched)
                     t0 = time.perf_counter()
-                    stats, n_clips, global_step = self._train_epoch(optimizer, stage, global_epoch, global_step)
+                    stats, n_clips, global_step = self.train_epoch(optimizer, stage, global_epoch, global_step)
                     synchronize(self.device)
                     dt = time.perf_counter() - t0 - self.validator.take_seconds()  # training time only
                     train_clips += n_clips
@@ -448,10 +407,10 @@ class Engine:
         result.eval_clips_per_s = result.final.clips_per_s
         return result
 
-    def _train_epoch(self, optimizer: torch.optim.Optimizer, stage: str, epoch: int,
-                     step: int) -> tuple[dict[str, float], int, int]:
-        from tqdm.auto import tqdm
-
+    def train_epoch(self, optimizer: torch.optim.Optimizer, stage: str, epoch: int,
+                    step: int) -> tuple[dict[str, float], int, int]:
+        """One epoch of ``stage`` from global ``step`` under ``self.sched`` (its step count caps the
+        plans): ``(train/* means over the epoch, clips trained, the step after the last)``."""
         self.strategy.train()
         plans = self.epoch_plans(epoch, step)[:self.sched.steps]
         sums: dict[str, Tensor] = {}
@@ -483,98 +442,12 @@ class Engine:
     # --- evaluation -------------------------------------------------------------------------------
     def columns(self) -> tuple[list[str], dict[str, str]]:
         """Evaluation columns the strategy supports, and the reasons for the rest."""
-        caps = self.strategy.capabilities
-        cols, skipped = [], {}
-        if self.protocol == "cross-modal":
-            return ["audio", "video"], {"fusion": "the cross-modal protocol tests one modality at a time"}
-        for col in COLUMNS:
-            if getattr(caps, CAPABILITY_OF[col]):
-                cols.append(col)
-            else:
-                skipped[col] = caps.why_not(CAPABILITY_OF[col])
-        return cols, skipped
+        return evaluation.columns(self.strategy, self.protocol)
 
-    @torch.no_grad()
     def evaluate(self, retrieval: bool = True, on: tuple[Any, np.ndarray] | None = None) -> EvalResult:
         """The test split's metrics, or those of rows ``on = (batch source, rows)`` (no retrieval)."""
-        self.strategy.eval()
-        cols, skipped = self.columns()
         src, rows = on if on is not None else (self.test_src, self.test_rows)
-        retrieval = retrieval and on is None
-        n = len(rows)
-        bs = self.recipe.eval_batch_size
-        logits: dict[str, list[np.ndarray]] = {c: [] for c in cols}
-        heads: dict[str, list[np.ndarray]] = {}
-        labels = []
-        want_heads = self.strategy.capabilities.heads
-        # Each rank predicts its contiguous share of the test set; the shares are gathered in rank order.
-        lo, hi = distributed.shard(n, self.rank, self.world)
-        synchronize(self.device)
-        t0 = time.perf_counter()
-        for raw in src.iterate([rows[s:min(hi, s + bs)] for s in range(lo, hi, bs)]):
-            b = self.make_batch(raw, train=False)
-            with autocast(self.device, self.recipe.amp):
-                extra = {"onsets": b.onsets} if self.strategy.capabilities.onsets else {}
-                for c in cols:
-                    a = b.audio if c in ("audio", "fusion") else None
-                    v = b.video if c in ("video", "fusion") else None
-                    logits[c].append(self.strategy.predict(a, v, **extra).float().cpu().numpy())
-                if want_heads:
-                    for k, v in self.strategy.head_logits(b.audio, b.video, **extra).items():
-                        heads.setdefault(k, []).append(v.float().cpu().numpy())
-            labels.append(b.labels.cpu().numpy())
-        synchronize(self.device)
-        dt = time.perf_counter() - t0
-        if self.world > 1:
-            parts = distributed.all_gather_objects((logits, heads, labels))
-            logits = {c: [x for part in parts for x in part[0][c]] for c in cols}
-            heads = {k: [x for part in parts for x in part[1].get(k, [])] for k in parts[0][1]}
-            labels = [x for part in parts for x in part[2]]
-        lab = np.concatenate(labels) if labels else np.zeros((0, self.strategy.task.num_classes))
-        out_logits = {c: np.concatenate(v) for c, v in logits.items()}
-        metrics: dict[str, float] = {}
-        for c, lg in out_logits.items():
-            for k, v in classification_metrics(lg, lab).items():
-                metrics[f"{c}/{k}"] = v
-        out_heads = {k: np.concatenate(v) for k, v in heads.items()}
-        metrics.update(head_union_metrics(out_heads, lab))  # paper 003 Table 2: union of the heads' argmax
-        if retrieval:
-            if self.strategy.capabilities.embeddings and self.protocol == "standard":
-                metrics.update({f"retrieval/{k}": v for k, v in self._retrieval(lab).items()})
-            elif not self.strategy.capabilities.embeddings:
-                skipped["retrieval"] = self.strategy.capabilities.why_not("embeddings")
-        return EvalResult(metrics=metrics, logits=out_logits, heads=out_heads,
-                          labels=lab, skipped=skipped, rows=rows,
-                          clips_per_s=n * max(1, len(cols)) / dt if dt > 0 else float("nan"))
-
-    def _retrieval(self, labels: np.ndarray) -> dict[str, float]:
-        """A->V and V->A on the stratified subset, with the last layer's mean-pooled representations."""
-        idx = stratified_subset(labels, self.recipe.retrieval_per_class, seed=0)
-        if len(idx) < 2:
-            return {}
-        raw = self.test_split.gather(self.test_rows[idx])
-        raw = {k: v.to(self.device) for k, v in raw.items()}
-        b = self.make_batch(raw, train=False)
-        with autocast(self.device, self.recipe.amp):
-            ea = list(self.strategy.embed(b.audio, None).values())[-1].float().mean(1)
-            ev = list(self.strategy.embed(None, b.video).values())[-1].float().mean(1)
-        if ea.shape != ev.shape:
-            return {}
-        return retrieval_metrics(ea.cpu().numpy(), ev.cpu().numpy())
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def environment() -> dict[str, Any]:
-    import platform
-
-    import avbench
-
-    return {"avbench": avbench.__version__, "torch": torch.__version__, "python": platform.python_version(),
-            "numpy": np.__version__, "platform": platform.platform()}
+        return evaluation.evaluate(self.strategy, src, rows, self.recipe, self.device, protocol=self.protocol,
+                                   rank=self.rank, world=self.world,
+                                   retrieval_on=(self.test_split, self.test_rows) if retrieval and on is None
+                                   else None)

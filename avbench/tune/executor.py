@@ -8,7 +8,7 @@ the order the strategies were given. Every study then sees exactly the history i
 whatever the executor (given the same threads per job: float results can depend on them).
 
 The driver (this process) creates each strategy's tuning parent and study, asks and tells; a job
-(``avbench.tune.trial_job``) trains on the fit rows, scores the validation split and records its
+(``avbench.tune.study.trial_job``) trains on the fit rows, scores the validation split and records its
 trial as an MLflow child. A failed trial is told as FAIL and listed at the end while the tuning goes
 on; Ctrl-C cancels the running trials (their runs end KILLED) and re-raises. MLflow is the resume
 point: a rerun replays the trials the interrupted one finished (``_replay``) and goes on from there.
@@ -16,12 +16,20 @@ point: a rerun replays the trials the interrupted one finished (``_replay``) and
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from avbench.analysis.loading import download_artifact
 from avbench.errors import UserError
+from avbench.executor import Job, options
+from avbench.executor.progress import SweepProgress
+from avbench.resolve import Resolved, resolve
+from avbench.tracking import TAG_SEED, Tracker
+from avbench.tune.space import suggest, text
+from avbench.tune.study import TuneRequest, conclude, new_study, run_request, trial_job, tuning_parent
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +39,7 @@ class _Tuning:
     """One strategy's study, its tuning parent and the trial now in flight (None when idle)."""
 
     strategy: str
-    resolved: Any
+    resolved: Resolved
     study: Any
     dists: Mapping[str, Any]
     space: Mapping[str, Any]
@@ -42,14 +50,10 @@ class _Tuning:
     inflight: Any = None
 
 
-def tune_all(req: Any, strategies: list[str], overrides: dict[str, str],
+def tune_all(req: TuneRequest, strategies: list[str], overrides: dict[str, str],
              spaces: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]], cap: int,
              executor: Any = None) -> tuple[dict[str, Any], dict[str, str]]:
     """Tune ``strategies`` on the executor; ``({strategy: result}, {strategy: why it has none})``."""
-    from avbench.executor import options
-    from avbench.executor.progress import SweepProgress
-    from avbench.tracking import Tracker
-
     req = options.absolute_paths(req, space_file=None)  # jobs run elsewhere; the space file is already read
     own = executor is None
     ex = executor or options.make(req)
@@ -77,19 +81,17 @@ def tune_all(req: Any, strategies: list[str], overrides: dict[str, str],
             ex.close()
 
 
-def _open(req: Any, strategy: str, overrides: dict[str, str], space: tuple[Mapping[str, Any], Mapping[str, Any]],
-          cap: int, tracker: Any) -> _Tuning:
+def _open(req: TuneRequest, strategy: str, overrides: dict[str, str],
+          space: tuple[Mapping[str, Any], Mapping[str, Any]], cap: int, tracker: Tracker) -> _Tuning:
     """The strategy's study and MLflow tuning parent, made here so no job races to create them."""
-    from avbench import runner, tune
-
-    r0 = runner.resolve(tune._run_request(req, strategy, overrides))
-    parent = tune.tuning_parent(req, strategy, r0, tracker, overrides, space[0], cap)
-    t = _Tuning(strategy, r0, tune.new_study(req), space[1], space[0], parent)
+    r0 = resolve(run_request(req, strategy, overrides))
+    parent = tuning_parent(req, strategy, r0, tracker, overrides, space[0], cap)
+    t = _Tuning(strategy, r0, new_study(req), space[1], space[0], parent)
     _replay(t, tracker, req.budget)
     return t
 
 
-def _replay(t: _Tuning, tracker: Any, budget: int) -> None:
+def _replay(t: _Tuning, tracker: Tracker, budget: int) -> None:
     """Trials an interrupted tuning already ran come back from MLflow instead of training again.
 
     The tuning parent is found again by its group (same strategy, cache, space, budget, sampler), and
@@ -99,9 +101,6 @@ def _replay(t: _Tuning, tracker: Any, budget: int) -> None:
     """
     from optuna.trial import TrialState
 
-    from avbench import tune
-    from avbench.tracking import TAG_SEED
-
     done: dict[int, Any] = {}
     for run in tracker.children(t.parent, finished_only=False):  # newest first: keep the latest per trial
         if run.info.status in ("FINISHED", "FAILED"):
@@ -109,9 +108,9 @@ def _replay(t: _Tuning, tracker: Any, budget: int) -> None:
     while t.asked < budget and t.asked in done:
         run = done[t.asked]
         trial = t.study.ask()
-        params = tune.suggest(trial, t.dists)
+        params = suggest(trial, t.dists)
         recorded = {k: run.data.params.get(k) for k in params}
-        if {k: tune._text(v) for k, v in params.items()} != recorded:
+        if {k: text(v) for k, v in params.items()} != recorded:
             raise UserError(f"cannot resume the tuning of {t.strategy}: trial {trial.number} was run with "
                             f"{recorded} but the sampler now suggests {params} (another Optuna version?); "
                             f"use another --results-dir or delete the tuning run {t.parent}")
@@ -127,12 +126,8 @@ def _replay(t: _Tuning, tracker: Any, budget: int) -> None:
         log.info("tune %s: %d trial(s) from an earlier run reused", t.strategy, t.asked)
 
 
-def _recorded(tracker: Any, run: Any) -> dict[str, Any]:
-    """A finished trial run's record, as ``avbench.tune.trial_record`` returned it."""
-    import json
-
-    from avbench.analysis.loading import download_artifact
-
+def _recorded(tracker: Tracker, run: Any) -> dict[str, Any]:
+    """A finished trial run's record, as ``avbench.tune.study.trial_record`` returned it."""
     (key,) = [k for k in run.data.metrics if k.startswith("val/")]
     saved = json.loads(download_artifact(tracker, run.info.run_id, "trial.json").read_text())
     return {"value": run.data.metrics[key], "values": saved["values"], "metric": key[len("val/"):],
@@ -140,7 +135,7 @@ def _recorded(tracker: Any, run: Any) -> dict[str, Any]:
             "converged": all(c["converged"] for c in saved["validation"])}
 
 
-def _drive(ex: Any, req: Any, tunings: list[_Tuning], overrides: dict[str, str], progress: Any) -> None:
+def _drive(ex: Any, req: TuneRequest, tunings: list[_Tuning], overrides: dict[str, str], progress: Any) -> None:
     """Keep the slots busy with the next trial of idle strategies; tell each outcome as it arrives."""
     while True:
         _fill(ex, req, tunings, overrides)
@@ -155,21 +150,18 @@ def _drive(ex: Any, req: Any, tunings: list[_Tuning], overrides: dict[str, str],
         progress.set_running(ex.running())
 
 
-def _fill(ex: Any, req: Any, tunings: list[_Tuning], overrides: dict[str, str]) -> None:
+def _fill(ex: Any, req: TuneRequest, tunings: list[_Tuning], overrides: dict[str, str]) -> None:
     """Ask the next trial of each idle strategy, in the given order, while a slot is free."""
-    from avbench import tune
-    from avbench.executor import Job
-
     for i, t in enumerate(tunings):
         if ex.outstanding() >= ex.slots:
             return
         if t.inflight is not None or t.asked >= req.budget:
             continue
         trial = t.study.ask()
-        params = tune.suggest(trial, t.dists)
+        params = suggest(trial, t.dists)
         t.inflight, t.asked = trial, t.asked + 1
-        trial_over = {**overrides, **{k: tune._text(v) for k, v in params.items()}}
-        ex.submit(Job(key=f"{i}:{trial.number}", fn=tune.trial_job,
+        trial_over = {**overrides, **{k: text(v) for k, v in params.items()}}
+        ex.submit(Job(key=f"{i}:{trial.number}", fn=trial_job,
                       args=(req, t.strategy, trial_over, trial.number, params, t.parent),
                       label=f"{t.strategy} trial {trial.number}"))
 
@@ -196,16 +188,14 @@ def _short(v: Any) -> Any:
     return float(f"{v:.3g}") if isinstance(v, float) else v
 
 
-def _conclude_all(req: Any, tunings: list[_Tuning], tracker: Any, overrides: dict[str, str],
+def _conclude_all(req: TuneRequest, tunings: list[_Tuning], tracker: Tracker, overrides: dict[str, str],
                   cap: int) -> tuple[dict[str, Any], dict[str, str]]:
     """Each strategy's best configuration stored; a strategy without a finished trial is a failure."""
-    from avbench import tune
-
     done: dict[str, Any] = {}
     failed: dict[str, str] = {}
     for t in tunings:
         try:
-            done[t.strategy] = tune.conclude(req, t.resolved, t.study, t.trials, tracker, t.parent, overrides,
+            done[t.strategy] = conclude(req, t.resolved, t.study, t.trials, tracker, t.parent, overrides,
                                              t.space, cap)
         except UserError as e:
             failed[t.strategy] = "; ".join([str(e), *t.failures])
@@ -216,7 +206,7 @@ def _conclude_all(req: Any, tunings: list[_Tuning], tracker: Any, overrides: dic
     return done, failed
 
 
-def _mark_killed(tracker: Any, tunings: list[_Tuning], since_ms: int) -> None:
+def _mark_killed(tracker: Tracker, tunings: list[_Tuning], since_ms: int) -> None:
     """Trial runs a cancelled job could not close itself (a worker killed hard) are marked KILLED here."""
     for t in tunings:
         for run in tracker.children(t.parent, finished_only=False):

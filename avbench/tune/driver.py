@@ -1,0 +1,93 @@
+"""``avbench tune``: the same hyperparameter search, on the validation split, for every strategy.
+
+A comparison is fair only if every strategy gets the same chance: the UAVM paper "tune[s]
+hyper-parameters to ensure a fair comparison", and a harness must make that tuning equal and
+automatic. So every strategy named in one ``avbench tune`` gets
+
+* the same number of trials (``--budget``) of a seeded Optuna TPE sampler (the same sampler seed),
+* the same training-step budget: every trial trains at most ``--max-steps`` optimizer steps (default:
+  the recipe's epochs over the training rows), and ``train.max_steps`` is searched as a share of it;
+  a space that asks for more is refused,
+* the same data: training rows minus the cache's validation split, scored on the validation split
+  (avbench/cache/validation.py). The test split is never opened.
+
+Each strategy declares what to search in ``Strategy.search_space`` (default: lr, weight decay and the
+run length; see ``avbench.api.default_space``); ``--space FILE`` (YAML or JSON) replaces it, either one mapping for
+every strategy or one per strategy name. Trials train with a step-defined cosine schedule unless
+``--set train.schedule=...`` says otherwise. Every trial is an MLflow child run under one tuning parent
+per strategy (kind "tune"/"trial", so tables and reports never mistake them for results). The best
+configuration is written to ``<results>/tuned/<dataset>-<cache key>/<strategy>.json`` and ``.yaml``:
+``avbench run --tuned`` finds it, ``avbench run --config FILE.yaml`` reads it.
+
+Trials run on the executor (``--executor local|ray``, ``--jobs N``; avbench/tune/executor.py): a
+strategy's trials stay sequential (trial k+1 is asked only after trial k is told), and trials of
+different strategies run at once. Each study then sees the same history whatever the executor, so the
+tuned result does not depend on ``--jobs`` (given the same threads per job). ``--prune`` needs the
+trial's validation curve reported into the study while it trains, which a job in another process
+cannot do, so pruned tuning runs in this process, one trial at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from avbench.errors import UserError
+from avbench.resolve import resolve, split_overrides
+from avbench.tune import executor, store
+from avbench.tune.space import FIXED, distributions, load_space_file, step_cap
+from avbench.tune.study import TuneRequest, run_request, tune_one
+
+
+def check_request(req: TuneRequest) -> None:
+    """Mistakes in the request itself, before any cache is opened."""
+    if req.budget < 1:
+        raise UserError("--budget must be at least 1 trial")
+    if len(set(req.strategies)) != len(req.strategies) or not req.strategies:
+        raise UserError("--strategy needs one or more distinct names")
+    if req.prune and (req.executor != "local" or (req.jobs or 1) > 1):
+        raise UserError("--prune runs trials in this process (the pruner reads each trial's validation curve "
+                        "while it trains), so it takes neither --jobs above 1 nor --executor ray")
+
+
+def tune(req: TuneRequest) -> dict[str, Any]:
+    """Tune every strategy with the same budget; returns ``{"strategies": {name: result}, "failed": {...}}``.
+
+    A strategy whose trials all failed is listed under "failed" (the others are still tuned)."""
+    check_request(req)
+    overrides = {**FIXED, **req.overrides}
+    files = load_space_file(req.space_file, req.strategies) if req.space_file else {}
+    resolved = {}
+    for s in req.strategies:  # every input checked before anything trains
+        resolved[s] = resolve(run_request(req, s, overrides))
+    first = resolved[req.strategies[0]]
+    cap = req.max_steps or step_cap(first.recipe, first.cache)
+    spaces = {}
+    for s, r in resolved.items():
+        space = files.get(s) or r.strategy_cls.search_space(r.recipe)
+        spaces[s] = (space, distributions(space, cap, f"search space of {s}"))
+        for key in space:  # a key the strategy, recipe or dataset does not have fails now, not in trial 3
+            split_overrides({key: "0"}, {f.name for f in dataclasses.fields(r.strategy_cls.Config)},
+                            {f.name for f in dataclasses.fields(type(r.recipe))}, set())
+    out: dict[str, Any] = {"budget": {"trials": req.budget, "max_steps_per_trial": cap, "seeds": req.seeds,
+                                      "sampler": f"TPE seed {req.sampler_seed}", "pruning": req.prune},
+                           "strategies": {}, "failed": {}}
+    todo = []
+    for s in req.strategies:
+        kept = store.stored(req.results_dir, resolved[s]) if req.skip_tuned else None
+        if kept is not None:
+            out["strategies"][s] = kept
+        else:
+            todo.append(s)
+    if req.prune:
+        for s in todo:
+            try:
+                out["strategies"][s] = tune_one(req, s, overrides, spaces[s][0], spaces[s][1], cap)
+            except UserError as e:
+                out["failed"][s] = str(e)
+    elif todo:
+        tuned, failed = executor.tune_all(req, todo, overrides, {s: spaces[s] for s in todo}, cap)
+        out["strategies"].update(tuned)
+        out["failed"].update(failed)
+    out["strategies"] = {s: out["strategies"][s] for s in req.strategies if s in out["strategies"]}
+    return out
