@@ -218,3 +218,29 @@ def test_pretraining_recipe_drops_label_weighted_sampling_and_clip_groups_are_cm
     assert not any(club & g for g in ids)  # the estimators have their own optimizers
     model.begin_stage("downstream")
     assert [len(g) for g in clip_groups(model)] == [len(list(model.decoder.parameters())) * 2]
+
+
+def test_cli_run_under_the_cmg_recipe_and_preset(tmp_path):
+    """``--recipe cmg --preset cmg`` trains both stages in float64 end to end; the standard protocol
+    then reports audio and video columns from their own decoders and says why there is no fused one."""
+    import json
+
+    from avbench.cli import main
+
+    out = tmp_path / "result.json"
+    rc = main(["run", "--strategy", "vq_codes", "--dataset", "synth", "--epochs", "1", "--seeds", "0",
+               "--recipe", "cmg", "--preset", "cmg",
+               "--set", "data.train_clips=48", "--set", "data.test_clips=24", "--set", "data.steps=6",
+               "--set", "data.audio_dim=8", "--set", "data.video_dim=6", "--set", "data.classes=3",
+               "--set", "embed_dim=8", "--set", "num_heads=2", "--set", "num_codes=8", "--set", "club_hidden=8",
+               "--set", "pretrain_epochs=1", "--set", "train.batch_size=16",
+               "--results-dir", str(tmp_path / "results"), "--output-json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    r, cfg = result["recipe"], result["config"]
+    assert (r["beta1"], r["weight_decay"], r["balanced_sampling"], r["l2_norm"], r["grad_clip_scope"]) == (
+        0.9, 0.0, False, False, "module")
+    assert (cfg["precision"], cfg["club_form"], cfg["downstream_decoders"]) == ("fp64", "cmg", "per_modality")
+    metrics = result["seeds"][0]["metrics"]
+    assert 0.0 <= metrics["audio/acc"] <= 1.0 and 0.0 <= metrics["video/acc"] <= 1.0
+    assert "per_modality" in result["skipped"]["fusion"]
