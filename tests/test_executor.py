@@ -54,6 +54,69 @@ def log_many(results_dir: str, run_id: str, prefix: str, batches: int) -> int:
     return batches
 
 
+def kill_self() -> None:
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def leave_a_mess(tmp: str) -> int:
+    """Everything process-wide a job could change and forget to put back."""
+    import logging
+    import random
+    import sys
+
+    import numpy as np
+    import torch
+
+    from avbench import log, results
+
+    os.chdir(tmp)
+    os.environ["AVBENCH_TEST_LEAK"] = "1"
+    os.environ["OMP_NUM_THREADS"] = "7"
+    sys.argv[:] = ["leaked"]
+    results.set_command(["run", "--leaked"])
+    log.setup(verbose=2)
+    logging.getLogger().addHandler(logging.StreamHandler())
+    logging.getLogger().setLevel(logging.DEBUG)
+    torch.manual_seed(123)
+    random.seed(1)
+    np.random.seed(1)
+    torch.set_default_dtype(torch.float64)
+    torch.set_grad_enabled(False)
+    torch.use_deterministic_algorithms(True)
+    torch.set_float32_matmul_precision("medium")
+    return os.getpid()
+
+
+def state() -> dict:
+    """What a job sees of the process when it starts."""
+    import logging
+    import sys
+
+    import torch
+
+    from avbench import results
+
+    return {"pid": os.getpid(), "cwd": os.getcwd(), "leak": os.environ.get("AVBENCH_TEST_LEAK"),
+            "omp": os.environ.get("OMP_NUM_THREADS"), "argv": list(sys.argv), "command": results.command(),
+            "root_handlers": len(logging.getLogger().handlers), "root_level": logging.getLogger().level,
+            "avbench_handlers": len(logging.getLogger("avbench").handlers),
+            "torch_seeded_by_the_last_job": torch.initial_seed() == 123, "dtype": str(torch.get_default_dtype()),
+            "grad": torch.is_grad_enabled(), "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "matmul": torch.get_float32_matmul_precision(), "threads": torch.get_num_threads()}
+
+
+def run_cli(argv: list[str], out_json: str) -> dict:
+    """A job as a sweep or a tuning trial is: an ``avbench`` command run in the worker; its seeds' metrics."""
+    import json
+
+    from avbench.cli import main
+
+    assert main(argv + ["--output-json", out_json]) == 0
+    return {s["seed"]: s["metrics"] for s in json.loads(Path(out_json).read_text())["seeds"]}
+
+
 def _drain(ex, n: int, timeout: float = 120.0) -> dict:
     out, deadline = {}, time.monotonic() + timeout
     while len(out) < n and time.monotonic() < deadline:
@@ -216,3 +279,68 @@ def test_a_driver_killed_hard_interrupts_its_workers(tmp_path):
     while not note.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert note.read_text() == "interrupted"
+
+
+def test_a_warm_worker_runs_the_next_job_as_a_fresh_process_would(tmp_path):
+    """One worker runs a job that changes cwd, env, argv, logging, RNGs and torch switches; the job after it
+    (same process) sees what a job in a fresh process sees."""
+    with LocalExecutor(jobs=1, threads_per_job=1) as warm:
+        warm.submit(Job("mess", leave_a_mess, (str(tmp_path),)))
+        warm.submit(Job("after", state))
+        out = _drain(warm, 2)
+    with LocalExecutor(jobs=1, threads_per_job=1, jobs_per_worker=1) as fresh:
+        fresh.submit(Job("mess", leave_a_mess, (str(tmp_path),)))
+        fresh.submit(Job("after", state))
+        ref = _drain(fresh, 2)
+    assert out["mess"].ok and out["after"].ok, (out["mess"].error, out["after"].error)
+    after, want = dict(out["after"].value), dict(ref["after"].value)
+    assert after.pop("pid") == out["mess"].value  # the same process ran both jobs
+    assert want.pop("pid") != ref["mess"].value  # per-process mode: a fresh worker for the next job
+    assert after == want
+    assert want["leak"] is None and want["omp"] == "1" and want["dtype"] == "torch.float32" and want["grad"]
+    assert not want["torch_seeded_by_the_last_job"] and want["avbench_handlers"] == 0
+
+
+def test_a_job_that_kills_its_worker_does_not_take_the_next_job_with_it():
+    with LocalExecutor(jobs=1, threads_per_job=1) as ex:
+        ex.submit(Job("first", where_and_threads, ("a",)))
+        ex.submit(Job("exit", die_hard))
+        ex.submit(Job("sigkill", kill_self))
+        ex.submit(Job("next", where_and_threads, ("b",)))
+        out = _drain(ex, 4)
+    assert not out["exit"].ok and "exited with code 7" in out["exit"].error
+    assert not out["sigkill"].ok and "exited with code -9" in out["sigkill"].error
+    assert out["first"].ok and out["next"].ok and out["next"].value["torch_threads"] == 1
+    assert out["next"].value["pid"] != out["first"].value["pid"]
+
+
+def test_jobs_per_worker_comes_from_the_environment_and_is_checked(monkeypatch):
+    monkeypatch.setenv("AVBENCH_JOBS_PER_WORKER", "1")
+    assert "a fresh process per job" in LocalExecutor(jobs=1, threads_per_job=1).describe()
+    monkeypatch.setenv("AVBENCH_JOBS_PER_WORKER", "fresh")
+    with pytest.raises(UserError, match="AVBENCH_JOBS_PER_WORKER must be a whole number"):
+        LocalExecutor(jobs=1, threads_per_job=1)
+
+
+@pytest.mark.slow
+def test_same_metrics_from_warm_workers_and_a_process_per_job(tmp_path):
+    """Three trainings (two strategies, two seeds) one after another in one warm worker, and each in its own
+    process: identical metrics apart from throughput and wall time."""
+    from helpers import run_args
+
+    jobs = [("late_fusion", "0"), ("uavm", "1"), ("late_fusion", "1")]
+    got = {}
+    for mode, per_worker in (("warm", 0), ("fresh", 1)):
+        with LocalExecutor(jobs=1, threads_per_job=1, jobs_per_worker=per_worker) as ex:
+            for i, (strategy, seed) in enumerate(jobs):
+                argv = run_args(strategy, tmp_path / mode / f"res{i}", seeds=seed,
+                                model_sets=("embed_dim=16",) if strategy == "uavm" else ())
+                ex.submit(Job(f"{i}", run_cli, (argv, str(tmp_path / mode / f"{i}.json"))))
+            out = _drain(ex, len(jobs), timeout=600)
+        assert all(o.ok for o in out.values()), [o.error for o in out.values()]
+        if mode == "warm":
+            assert len({o.worker for o in out.values()}) == 1
+        got[mode] = {k: {s: {m: v for m, v in metrics.items() if "clips_per_s" not in m and "seconds" not in m}
+                         for s, metrics in o.value.items()} for k, o in out.items()}
+    assert got["warm"] == got["fresh"]
+    assert got["warm"]["0"] != got["warm"]["2"]  # the seeds really differ

@@ -1,9 +1,16 @@
 """``--executor local --jobs N``: N worker processes on this machine, each running one job at a time.
 
-Why persistent spawned workers: a job must start in a process whose thread settings were fixed before
-torch started (``spawn``, never ``fork`` of a parent that already ran torch), but importing torch and
-MLflow costs several seconds, so each worker pays it once; the driver hands it one job at a time over a
-pipe (so it always knows which job a worker that died was running). The cores
+Why persistent spawned workers ("warm" workers, the way Ray keeps actors): a job must start in a
+process whose thread settings were fixed before torch started (``spawn``, never ``fork`` of a parent
+that already ran torch), but importing torch and MLflow (and opening the MLflow store, which MLflow
+caches per URI in the process) costs several seconds, so each worker pays it once and then runs job
+after job; the driver hands it one job at a time over a pipe (so it always knows which job a worker
+that died was running). Between jobs the worker puts back everything process-wide a job may have
+changed (environment, cwd, argv, logging handlers, RNGs, torch switches, MLflow's active run:
+``avbench.executor.isolation``), so a job's numbers are those of a fresh process. A worker that dies
+(``os._exit``, SIGKILL, out of memory) fails only the job it was running; a fresh worker takes the
+next one. ``jobs_per_worker=1`` (or ``AVBENCH_JOBS_PER_WORKER=1``) is the per-process mode: a fresh
+worker for every job. The cores
 are divided between the workers (``threads = usable cores // N`` unless given), so N jobs never
 oversubscribe the machine. GPUs: worker i sees its own device(s) through ``CUDA_VISIBLE_DEVICES``.
 
@@ -36,17 +43,21 @@ from avbench.executor.base import (
     set_thread_env,
     usable_cpus,
 )
+from avbench.executor.isolation import WorkerState
 
 _POLL_S = 0.5  # how often an idle worker checks that its driver is alive
 _EXIT_GRACE_S = 3.0  # how long close() lets idle workers exit on their own
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+JOBS_PER_WORKER_ENV = "AVBENCH_JOBS_PER_WORKER"  # 0 or unset: no limit (warm); 1: a fresh process per job
+PRELOAD = ("torch", "avbench.log", "avbench.results")  # what every job imports: a worker imports it while idle
 
 
 class LocalExecutor(Executor):
     name = "local"
 
     def __init__(self, jobs: int = 1, threads_per_job: int | None = None, gpus_per_job: float = 0.0,
-                 gpu_ids: list[str] | None = None, env: dict[str, str] | None = None):
+                 gpu_ids: list[str] | None = None, env: dict[str, str] | None = None,
+                 jobs_per_worker: int | None = None):
         if jobs < 1:
             raise UserError("--jobs must be at least 1")
         cores = usable_cpus()
@@ -57,7 +68,16 @@ class LocalExecutor(Executor):
         if jobs * threads_per_job > cores:
             raise UserError(f"{jobs} job(s) x {threads_per_job} thread(s) would oversubscribe the {cores} usable "
                             f"core(s); lower --jobs or --threads-per-job")
+        if jobs_per_worker is None:
+            raw = os.environ.get(JOBS_PER_WORKER_ENV, "").strip() or "0"
+            if not raw.isdigit():
+                raise UserError(f"{JOBS_PER_WORKER_ENV} must be a whole number (0: keep workers warm; 1: a fresh "
+                                f"process per job), got '{raw}'")
+            jobs_per_worker = int(raw)
+        if jobs_per_worker < 0:
+            raise UserError("jobs per worker must be 0 (no limit) or more")
         self._jobs = jobs
+        self._per_worker = jobs_per_worker
         self._threads = threads_per_job
         self._envs = [{**(env or {}), **g} for g in _gpu_envs(jobs, gpus_per_job, gpu_ids)]
         self._ctx = mp.get_context("spawn")
@@ -81,8 +101,8 @@ class LocalExecutor(Executor):
         saved = {k: os.environ.get(k) for k in THREAD_ENV}
         set_thread_env(self._threads)
         try:
-            p = self._ctx.Process(target=_worker_main, args=(res, theirs, os.getpid()), name=f"avbench-job-{i}",
-                                  daemon=True)
+            p = self._ctx.Process(target=_worker_main, args=(res, theirs, os.getpid(), self._per_worker),
+                                  name=f"avbench-job-{i}", daemon=True)
             p.start()
         finally:
             for k, v in saved.items():
@@ -120,6 +140,20 @@ class LocalExecutor(Executor):
         return Outcome(w.job.key, False, error=f"worker process exited with code {w.process.exitcode} during the job",
                        worker=f"pid {w.process.pid}", threads=self._threads)
 
+    def _recycle(self, i: int) -> None:
+        """A worker that ran its ``jobs_per_worker`` jobs exits by itself; the next job gets a fresh one."""
+        w = self._workers[i]
+        w.process.join(_EXIT_GRACE_S)
+        if w.process.is_alive():
+            w.process.kill()
+            w.process.join(5)
+        w.conn.close()
+        self._workers[i] = None
+
+    def describe(self) -> str:
+        mode = "a fresh process per job" if self._per_worker == 1 else "warm workers"
+        return f"{super().describe()}, {mode}"
+
     # --- interface ----------------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
         if self._closed:
@@ -149,7 +183,10 @@ class LocalExecutor(Executor):
                     outcome = None
             if outcome is not None:
                 w.job = None
+                w.done += 1
                 out.append(outcome)
+                if self._per_worker and w.done >= self._per_worker:
+                    self._recycle(i)
             elif not w.process.is_alive():
                 retired = self._retire(i)
                 if retired is not None:
@@ -206,6 +243,7 @@ class _Worker:
     process: Any
     conn: Any
     job: Job | None = None  # the job it runs now
+    done: int = 0  # jobs it finished
 
 
 def _gpu_envs(jobs: int, gpus_per_job: float, gpu_ids: list[str] | None) -> list[dict[str, str]]:
@@ -236,13 +274,21 @@ def _gpu_envs(jobs: int, gpus_per_job: float, gpu_ids: list[str] | None) -> list
     return [{"CUDA_VISIBLE_DEVICES": gpu_ids[i // share]} for i in range(jobs)]
 
 
-def _worker_main(resources: Resources, conn: Any, driver_pid: int) -> None:
+def _worker_main(resources: Resources, conn: Any, driver_pid: int, jobs_per_worker: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     signal.signal(signal.SIGTERM, _interrupt)
     _terminate_with_driver()
     if os.getppid() != driver_pid:
         return
+    done = 0
     try:
+        # The job's environment and threads first (torch reads them on import), then what every job imports,
+        # then the state every job starts from.
+        for k, v in resources.env.items():
+            os.environ[k] = v
+        set_thread_env(resources.threads)
+        _preload()
+        state = WorkerState.capture()
         while True:
             if not conn.poll(_POLL_S):
                 if os.getppid() != driver_pid:
@@ -253,10 +299,22 @@ def _worker_main(resources: Resources, conn: Any, driver_pid: int) -> None:
                 return
             outcome = execute(job, resources)
             conn.send(outcome)
-            if outcome.cancelled:
+            done += 1
+            if outcome.cancelled or (jobs_per_worker and done >= jobs_per_worker):
                 return
+            state.restore()  # while the driver reads the outcome and picks the next job
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
         return
+
+
+def _preload() -> None:
+    import importlib
+
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001,S110 -- the job will import it and report the error itself
+            pass
 
 
 def _terminate_with_driver() -> None:
