@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -244,3 +245,41 @@ def test_cli_run_under_the_cmg_recipe_and_preset(tmp_path):
     metrics = result["seeds"][0]["metrics"]
     assert 0.0 <= metrics["audio/acc"] <= 1.0 and 0.0 <= metrics["video/acc"] <= 1.0
     assert "per_modality" in result["skipped"]["fusion"]
+
+
+def test_engine_reads_the_sampler_per_stage_and_clips_each_group(tmp_path, monkeypatch):
+    """The run's recipe samples label-balanced; vq_codes' pretraining asks for uniform batches
+    (``pretrain_sampling=uniform``): pretraining epochs are permutations, downstream draws with
+    replacement. ``grad_clip_scope=module`` clips CMG's three models one by one in pretraining and
+    the decoder alone downstream."""
+    from avbench.cache import FeatureCache
+    from avbench.datasets.synth import SynthKnobs, build_synth_cache
+    from avbench.train.engine import Engine
+
+    path = build_synth_cache(tmp_path / "cache", SynthKnobs(classes=3, train_clips=60, test_clips=12, steps=6,
+                                                            audio_dim=8, video_dim=6, seed=0))
+    cache = FeatureCache(path)
+    cfg = VQCodesConfig(**SMALL, pretrain_epochs=1, pretrain_sampling="uniform", club_updates=1)
+    model = VQCodes(cfg, cache.features, cache.task)
+    run = Recipe(epochs=1, lr=1e-3, batch_size=60, drop_last=False, amp="fp32", balanced_sampling=True,
+                 grad_clip=0.5, grad_clip_scope="module", validation="off", eval_every_epoch=False)
+    engine = Engine(model, cache, run, seed=0, device=torch.device("cpu"), progress=False)
+    orders, clips = {}, []
+    batches = engine.global_batches
+    engine.global_batches = lambda epoch: (orders.setdefault(model.stage, batches(epoch)), batches(epoch))[1]
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def counting_clip(params, max_norm, *a, **k):
+        clips.append((model.stage, len(list(params)) if not isinstance(params, torch.Tensor) else 1))
+        return real_clip(params, max_norm, *a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", counting_clip)
+    engine.fit()
+    pre, down = (np.concatenate(orders[s]) for s in ("pretrain", "downstream"))
+    assert len(np.unique(pre)) == len(pre) == len(engine.train_rows)  # a permutation: no label weighting
+    assert len(np.unique(down)) < len(down)  # weighted draws with replacement
+    n_decoder = len(list(model.decoder.parameters()))
+    model.begin_stage("pretrain")
+    sizes = [len(g) for g in clip_groups(model)]
+    assert [c for c in clips if c[0] == "pretrain"] == [("pretrain", n) for n in sizes]  # one step, three groups
+    assert [c for c in clips if c[0] == "downstream"] == [("downstream", n_decoder)]

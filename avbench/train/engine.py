@@ -32,7 +32,7 @@ from avbench.train.checkpoint import load_checkpoint, restore_rng, save_checkpoi
 from avbench.train.data import BatchSource
 from avbench.train.evaluate import EvalResult, eval_batch
 from avbench.train.process import autocast, describe_device, set_seed, synchronize, to_device, tune_host_allocator
-from avbench.train.recipe import Recipe
+from avbench.train.recipe import Recipe, clip_groups
 
 # Re-exported: callers have long imported these from the engine.
 __all__ = ["CAPABILITY_OF", "COLUMNS", "Engine", "EvalResult", "FitResult", "StepPlan", "TrainStep", "autocast",
@@ -133,7 +133,8 @@ class Engine:
                          "test": len(self.test_split) - len(self.test_rows)}
         self.train_rows = sched_mod.training_rows(cache, recipe, self.train_rows, evaluate_on)
         labels = self.train_split.labels[self.train_rows]
-        self.weights = sampling.balanced_weights(labels) if recipe.balanced_sampling else None
+        # Always computed: each stage's recipe says whether its batches use them (global_batches).
+        self.weights = sampling.balanced_weights(labels)
         self.num_steps = cache.features.num_steps
         # Denormal floats (tiny Adam moments late in training) slow x86 CPUs by an order of magnitude.
         torch.set_flush_denormal(True)
@@ -288,7 +289,8 @@ class Engine:
 
     def global_batches(self, epoch: int) -> list[np.ndarray]:
         """The epoch's global batches (every rank computes the same list)."""
-        order = self.train_rows[sampling.epoch_order(len(self.train_rows), epoch, self.seed, self.weights)]
+        weights = self.weights if self.recipe.balanced_sampling else None  # the stage's recipe decides
+        order = self.train_rows[sampling.epoch_order(len(self.train_rows), epoch, self.seed, weights)]
         glob = sampling.batches(order, self.recipe.batch_size, self.recipe.drop_last)
         return [g for g in glob if len(g) >= self.world]  # every rank needs at least one clip
 
@@ -305,8 +307,11 @@ class Engine:
         loss = out["loss"]
         optimizer.zero_grad(set_to_none=self.recipe.idle_grads == "none")  # "zero": Adam moves idle params
         (loss * loss_scale if loss_scale != 1.0 else loss).backward()
-        if self.recipe.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.strategy.trainable_parameters(), self.recipe.grad_clip)
+        if self.recipe.grad_clip > 0:  # "module": each group's norm on its own (CMG clips per model)
+            groups = (clip_groups(self.strategy) if self.recipe.grad_clip_scope == "module"
+                      else [self.strategy.trainable_parameters()])
+            for group in groups:
+                torch.nn.utils.clip_grad_norm_(group, self.recipe.grad_clip)
         optimizer.step()
         self.strategy.after_optimizer_step(step)
         return out
