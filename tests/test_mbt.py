@@ -218,3 +218,21 @@ def test_scenic_key_map_names_shapes_and_round_trip(classifier):
         np.testing.assert_array_equal(back[k], state[k], err_msg=k)
     with pytest.raises(ValueError, match="encoder_norm"):
         mod.to_scenic({k: v.detach().numpy() for k, v in build().state_dict().items()}, build().cfg)
+
+
+def test_engine_builds_sgd_with_momentum_for_the_scenic_recipe(tmp_path):
+    from avbench.cache import FeatureCache
+    from avbench.datasets.synth import SynthKnobs, build_synth_cache
+    from avbench.train.engine import Engine
+    from avbench.train.recipe import Recipe
+
+    knobs = SynthKnobs(classes=4, train_clips=24, test_clips=12, steps=7, audio_dim=6, video_dim=5, seed=0)
+    cache = FeatureCache(build_synth_cache(tmp_path / "c", knobs))
+    m = MBT(MBTConfig(**SMALL), cache.features, cache.task)
+    opt = Engine(m, cache, Recipe(optimizer="sgd", momentum=0.9, lr=0.5, weight_decay=0.0), seed=0,
+                 device=torch.device("cpu"), progress=False).make_optimizer()
+    assert isinstance(opt, torch.optim.SGD)
+    g = opt.param_groups[0]
+    assert (g["lr"], g["momentum"], g["weight_decay"], g["nesterov"], g["dampening"]) == (0.5, 0.9, 0.0, False, 0)
+    adam = Engine(m, cache, Recipe(), seed=0, device=torch.device("cpu"), progress=False).make_optimizer()
+    assert isinstance(adam, torch.optim.Adam)

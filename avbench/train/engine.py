@@ -173,6 +173,8 @@ class Engine:
         and CUDA, where the for-loop version costs several passes over ~100M parameters per step."""
         r = self.recipe
         params = list(self.strategy.trainable_parameters())
+        if r.optimizer == "sgd":  # recipe "scenic": Scenic's "momentum" optimizer
+            return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
         kw: dict[str, Any] = dict(lr=r.lr, betas=(r.beta1, r.beta2), weight_decay=r.weight_decay)
         if params and self.device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params):
             kw["fused"] = True
