@@ -212,6 +212,7 @@ def finalize(kind: str, data: Mapping[str, Any], *, cache_key: str | None = None
         doc["seeds"] = [{**s, "metrics": _rename(s.get("metrics", {}))} for s in doc.get("seeds", [])]
         if "primary_metric" in doc:
             doc["primary_metric"] = metric_name(doc["primary_metric"])
+    _clip_intervals(kind, doc)
     cache = doc.get("cache") if isinstance(doc.get("cache"), Mapping) else {}
     prov = provenance(config=config if config is not None else doc.get("config"),
                       recipe=recipe if recipe is not None else doc.get("recipe"),
@@ -222,6 +223,25 @@ def finalize(kind: str, data: Mapping[str, Any], *, cache_key: str | None = None
     doc = _clean(doc)
     validate(doc)
     return doc
+
+
+def clipped(stats: Any, metric: str) -> Any:
+    """``stats`` (a mean/std/ci_low/ci_high/n mapping) with its interval clipped to the metric's range;
+    anything else unchanged."""
+    if not isinstance(stats, Mapping) or "ci_low" not in stats:
+        return stats
+    lo, hi = clip_interval(stats, metric)
+    return {**stats, "ci_low": lo, "ci_high": hi}
+
+
+def _clip_intervals(kind: str, doc: dict[str, Any]) -> None:
+    """Every 95% interval a document carries, clipped to its metric's range (``metric_info``): a
+    t-interval over 2-3 seeds can run below 0 or above 100%, which no accuracy can."""
+    if kind == "run_summary" and isinstance(doc.get("summary"), Mapping):
+        doc["summary"] = {m: clipped(s, m) for m, s in doc["summary"].items()}
+    if kind == "report" and isinstance(doc.get("rows"), list):
+        doc["rows"] = [{**r, "cells": {c: clipped(s, f"{c}/{r.get('primary', '')}") for c, s in r["cells"].items()}}
+                       if isinstance(r, Mapping) and isinstance(r.get("cells"), Mapping) else r for r in doc["rows"]]
 
 
 @functools.lru_cache(maxsize=1)

@@ -195,7 +195,14 @@ def test_report_has_table_marks_plots_and_lists_what_is_missing(results, tmp_pat
     md = (out / "report.md").read_text()
     table = _table(md, "| # | strategy")
     head, body = table[0], table[1:]
-    assert head[:9] == ["#", "strategy", "config", "protocol", "metric", "seeds", "Audio", "Video", "Fusion"]
+    assert head[:10] == ["#", "strategy", "config", "configured", "protocol", "metric", "seeds", "Audio", "Video",
+                         "Fusion"]
+    # How each row was configured, in words (25.4): no row is called "default" when fields were set.
+    configured = {r[1]: r[head.index("configured")] for r in body}
+    assert configured["late_fusion"] == "defaults" and configured["uavm"] == "3 field(s) set"
+    how = md.split("### How each row was configured", 1)[1].split("###", 1)[0]
+    assert "uavm (s_dim=0): set away from the defaults: embed_dim=16, n_shared=1, n_specific=1" in how
+    assert "sweep `s_dim` point s_dim=4" in how
     assert {"params", "train clips/s", "infer clips/s"} <= set(head)
     by_name = {r[1]: r for r in body}
     # Sweep points are listed separately; constant width=8 is merged into width=0 (same resolved config).
@@ -325,10 +332,34 @@ def test_table_data_on_stdout_numbers_in_csv_booktabs_with_bold_best(results, ca
     tex = capsys.readouterr().out
     assert tex.count(r"\toprule") == tex.count(r"\midrule") == tex.count(r"\bottomrule") == 1
     assert r"\begin{tabular}" in tex and r"\end{tabular}" in tex and r"late\_fusion" in tex
-    best = max(float(r["fusion_mean"]) for r in rows if r["fusion_mean"])
-    assert rf"\textbf{{{best:.2f}}}" in tex  # the best entry of the Fusion column in bold
+    # Bold only where the report's test calls a difference from the column's best (25.6).
+    from avbench.commands.table import table_rows
+    from avbench.report.table import bold_cells
+    from avbench.tracking import Tracker
+
+    shown, marks, _ = table_rows(Tracker(results), "synth")
+    want = sorted(f"{100 * shown[i].row.cells[c]['mean']:.2f}" for i, c in bold_cells([r.row for r in shown], marks))
+    assert sorted(re.findall(r"\\textbf\{([\d.]+)\}", tex)) == want
+    assert r"\resizebox{\columnwidth}{!}{%" in tex and r"Fusion (\%)" in tex  # fits a column, units in headers
     assert r"$^{\circ}$" in tex  # the chance-level row is marked
     assert main(["table", "--dataset", "synth", "--results-dir", str(results)]) == 0
     md = capsys.readouterr().out
     # 4 classes + 8 widths = 12 parameters, printed as such (not "0.00M"); 10.5k-parameter uavm as "10.5k".
     assert re.search(r"^\| constant +\|.*\| +12 +\|$", md, re.M) and re.search(r"\| +\d+\.\d+k +\|$", md, re.M)
+
+
+def test_latex_bolds_only_a_best_that_the_test_calls_and_fits_a_column():
+    from avbench.report.table import TableRow, bold_cells, render_table
+
+    def row(name, values, protocol="standard"):
+        return TableRow(name, name, {}, protocol, "acc", {"fusion": mean_std_ci(values)}, {}, len(values))
+
+    rows = [row("a", [0.80, 0.81]), row("b", [0.50, 0.51]), row("c", [0.30, 0.31], "cross-modal"),
+            row("d", [0.20, 0.21], "cross-modal")]
+    marks = {(0, "fusion"): "★", (1, "fusion"): "†", (2, "fusion"): "★°", (3, "fusion"): ""}
+    assert bold_cells(rows, marks) == {(0, "fusion")}  # c is best of its protocol but at chance, nothing called
+    tex = render_table(rows, "latex", marks)
+    assert tex.count(r"\textbf") == 1 and r"\textbf{80.50}" in tex and r"$^{\dagger}$" in tex
+    assert r"\resizebox{\columnwidth}{!}{%" in tex and tex.rstrip().endswith(r"\end{tabular}}")
+    assert r"Fusion (\%)" in tex and "params (count)" in tex
+    assert render_table(rows[:2], "latex", {(0, "fusion"): "★"}).count(r"\textbf") == 0  # no call, no bold

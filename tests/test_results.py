@@ -209,6 +209,25 @@ def test_presets_apply_before_set_and_show_tells_fields_card_and_capabilities(ca
     text = capsys.readouterr().out
     assert "stages: pretrain, downstream" in text and "card synth" in text and "capabilities:" in text
     presets = describe("uavm")["presets"]  # declared by the strategy, listed by `avbench list`
-    assert main(["list", "strategies"]) == 0
+    assert main(["list", "strategies", "--presets"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("uavm "))
     assert presets and all(name in line for name in presets)
+
+
+def test_every_interval_written_is_clipped_to_its_metric_range():
+    """A t-interval over 2-3 seeds runs past 0 or 100%: every document clips it where it is written."""
+    from avbench.metrics.stats import mean_std_ci
+
+    acc = mean_std_ci([0.10, 0.40])  # t(0.975, 1) = 12.7: the raw interval is about [-1.66, 2.16]
+    rate = mean_std_ci([100.0, 3000.0])
+    assert acc["ci_low"] < 0 < 1 < acc["ci_high"] and rate["ci_low"] < 0
+    summary = results._clean({"summary": {"fusion/acc": acc, "eval_clips_per_s": rate}})["summary"]
+    doc = {"summary": summary}
+    results._clip_intervals("run_summary", doc)
+    assert (doc["summary"]["fusion/acc"]["ci_low"], doc["summary"]["fusion/acc"]["ci_high"]) == (0.0, 1.0)
+    assert doc["summary"]["eval_clips_per_s"]["ci_low"] == 0.0
+    assert doc["summary"]["eval_clips_per_s"]["ci_high"] == pytest.approx(rate["ci_high"])  # no upper bound
+    assert doc["summary"]["fusion/acc"]["mean"] == pytest.approx(0.25)  # only the interval changes
+    rep = {"rows": [{"primary": "acc", "cells": {"fusion": acc, "audio": mean_std_ci([0.5])}}]}
+    results._clip_intervals("report", rep)
+    assert (rep["rows"][0]["cells"]["fusion"]["ci_low"], rep["rows"][0]["cells"]["fusion"]["ci_high"]) == (0.0, 1.0)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 
 from avbench.report import plots
 from avbench.report.blocks import Block, Bullets, Figure, Para
-from avbench.report.compare import Families, chance_levels, comparable_groups, merge_identical
+from avbench.report.compare import Families, chance_levels, comparable_groups, merge_identical, set_fields
 from avbench.report.gather import RowInfo
 
 
@@ -31,6 +31,7 @@ class Builder:
         self.figures: list[Path] = []
         self.merged = merge_identical(infos)  # dropped row index -> the row shown for it
         self._chance = [(g, chance_levels(g)) for g in comparable_groups(infos)]
+        self._set_fields: dict[int, dict[str, str] | None] = {}
 
     def shown(self, rows: list[RowInfo]) -> list[RowInfo]:
         """``rows`` without those merged into an identical row."""
@@ -54,6 +55,12 @@ class Builder:
             for ext in plots.VECTOR_FORMATS:
                 draw(path.with_suffix(f".{ext}"))
             self.add(Figure(f"figures/{name}.png", caption))
+
+    def set_fields(self, r: RowInfo) -> dict[str, str] | None:
+        """The row's model fields away from its strategy's defaults (``compare.set_fields``), once per row."""
+        if r.index not in self._set_fields:
+            self._set_fields[r.index] = set_fields(r)
+        return self._set_fields[r.index]
 
     def have(self, what: str) -> list[RowInfo]:
         """Rows with at least one recorded result of analysis ``what``."""

@@ -72,3 +72,59 @@ def params_text(s: dict[str, float] | None) -> str:
         return "-"
     return format_count(s["mean"])
 
+
+
+def round_value(v: object) -> str:
+    """A setting as a reader wants it: integers as is, other numbers to 3 significant digits
+    (``0.0012345678901234`` -> ``0.00123``), anything else unchanged."""
+    text = str(v)
+    try:
+        x = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(x):
+        return text
+    if x == int(x) and abs(x) < 1e15 and "e" not in text.lower() and "." not in text:
+        return str(int(x))
+    return f"{x:.3g}"
+
+
+def short_key(key: str) -> str:
+    """``train.lr`` -> ``lr``; ``model.s_dim`` -> ``s_dim``; ``data.snr`` stays (data knobs keep their prefix)."""
+    return key.split(".", 1)[1] if key.startswith(("train.", "model.")) else key
+
+
+def tuned_summary(tuned: dict | None) -> str:
+    """``tuned: 20 trials, best validation fusion/acc 81.2%`` from avbench tune's stored result."""
+    if not tuned:
+        return ""
+    if "missing" in tuned:
+        return "tuned (its tuned file is gone)"
+    trials = (tuned.get("budget") or {}).get("trials")
+    metric, value = tuned.get("metric", ""), tuned.get("value")
+    text = "tuned" + (f": {trials} trial{'s' if trials != 1 else ''}" if trials is not None else "")
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        info = results.metric_info(metric)
+        shown = f"{100 * value:.1f}%" if info["range"] == [0.0, 1.0] else f"{value:.4g}"
+        text += f", best validation {metric} {shown}"
+    return text
+
+
+def tuned_values(tuned: dict | None) -> str:
+    """The tuned values, rounded: ``lr=0.00123, max_steps=300``."""
+    if not tuned or "missing" in tuned:
+        return ""
+    over = tuned.get("overrides") or {}
+    return ", ".join(f"{short_key(k)}={round_value(v)}" for k, v in sorted(over.items()))
+
+
+def configured(tuned: dict | None, sweep: str | None, set_fields: dict[str, str] | None) -> str:
+    """The table's short answer to "how was this row configured": tuned (with its budget), a sweep
+    point, fields set away from the strategy's defaults, or the defaults."""
+    if tuned:
+        return tuned_summary(tuned)
+    if sweep:
+        return f"sweep {sweep}"
+    if set_fields is None:
+        return "unknown (strategy not loadable)"
+    return f"{len(set_fields)} field(s) set" if set_fields else "defaults"

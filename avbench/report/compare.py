@@ -135,3 +135,26 @@ def merge_identical(infos: list[RowInfo]) -> dict[int, RowInfo]:
         merged.update({r.index: keep for r in rows if r is not keep})
     return merged
 
+
+
+def set_fields(r: RowInfo) -> dict[str, str] | None:
+    """The row's model fields that differ from its strategy's defaults (set by ``--set``, a preset, a
+    config file, the dataset card or tuning), as logged; None when the strategy cannot be loaded."""
+    from avbench import config as cfgmod
+    from avbench import registry
+
+    target = r.params.get("strategy_target") or r.row.strategy
+    try:
+        cls = registry.load_strategy(target)
+        default = cls.Config()
+        out = {}
+        for k, v in sorted(r.params.items()):
+            if not k.startswith("model."):
+                continue
+            name = k[len("model."):]
+            got = cfgmod.apply_overrides(cls.Config(), {name: _param_value(v)}, where=f"row {r.short}")
+            if getattr(got, name) != getattr(default, name):
+                out[name] = v
+        return out
+    except Exception:  # a plugin that is gone, or params from an older config
+        return None

@@ -47,6 +47,8 @@ class RowInfo:
     ids: tuple[str, ...] | None = None
     params: dict[str, str] = field(default_factory=dict)  # the parent's params (recipe, data knobs)
     tuned: dict[str, Any] | None = None  # the tuned configuration the row started from (avbench tune's file)
+    git_commit: str | None = None  # the avbench commit its first seed ran (its result.json's provenance)
+    git_dirty: bool | None = None  # that code had uncommitted changes
 
     @property
     def from_sweep(self) -> bool:
@@ -103,6 +105,9 @@ def gather(tracker: Any, dataset: str, *, predictions: bool = True, analyses: bo
         if kids:
             res = _download_json(tracker, kids[0].info.run_id, "result.json") or {}
             info.skipped_columns = dict(res.get("skipped") or {})
+            prov = res.get("provenance") or {}
+            info.git_commit = prov.get("git_commit") or kids[0].data.tags.get("mlflow.source.git.commit")
+            info.git_dirty = prov.get("git_dirty")
         for what in ANALYSES if analyses else ():
             tag = TAG_PREFIX + what.replace("-", "_")
             states = [c.data.tags.get(tag, "") for c in kids]

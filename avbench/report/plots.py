@@ -70,7 +70,8 @@ def lines(series: list[Series], path: str | Path, *, title: str = "", xlabel: st
     """Lines with std bands; ``categorical`` x (layer names) share positions in first-seen order."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(PANEL_W + 0.4, PANEL_H))
-    _draw_lines(ax, series, categorical=categorical, percent=percent, log_x=log_x)
+    _draw_lines(ax, series, categorical=categorical, percent=percent, log_x=log_x,
+                style_of=styles([s.label for s in series]))
     _chance(ax, hline, percent, hline_label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -82,7 +83,20 @@ def lines(series: list[Series], path: str | Path, *, title: str = "", xlabel: st
 
 PANEL_W, PANEL_H = 2.6, 2.3  # inches: three panels fit a two-column paper's text width
 MARKERS = "osD^vP*Xph<>"
-BAND_MAX = 3  # more series than this: error bars with a small dodge instead of overlapping bands
+BAND_MAX = 3  # more series than this: error bars only (with a small dodge), no overlapping bands
+_TAB10 = _TAB20[::2]  # matplotlib's tab10
+
+
+def styles(labels: list[str]) -> dict[str, dict[str, Any]]:
+    """One colour and marker per label, the same in every panel of a figure: label i gets tab10 colour
+    i mod 10 and marker i mod 12 (so no two of the first 60 labels share both), dashed from the 11th."""
+    out: dict[str, dict[str, Any]] = {}
+    for label in labels:
+        if label not in out:
+            i = len(out)
+            out[label] = {"color": _TAB10[i % len(_TAB10)], "marker": MARKERS[i % len(MARKERS)],
+                          "ls": "-" if i < len(_TAB10) else "--"}
+    return out
 
 
 def _chance(ax: Any, level: float | None, percent: bool, label: str = "chance") -> None:
@@ -100,7 +114,10 @@ def _legend_below(fig: Any, handles: list[Any], labels: list[str]) -> None:
                frameon=False, handlelength=2.2, columnspacing=1.0)
 
 
-def _draw_lines(ax: Any, series: list[Series], *, categorical: bool, percent: bool, log_x: bool) -> None:
+def _draw_lines(ax: Any, series: list[Series], *, categorical: bool, percent: bool, log_x: bool,
+                style_of: dict[str, dict[str, Any]] | None = None) -> None:
+    """Each series a connected line with markers; its spread over seeds as error bars at every point
+    (visible whatever the number of points), plus a band when there are few series and 2+ points."""
     order: list[Any] = []
     if categorical:
         for s in series:
@@ -108,16 +125,15 @@ def _draw_lines(ax: Any, series: list[Series], *, categorical: bool, percent: bo
                 if x not in order:
                     order.append(x)
     scale = 100.0 if percent else 1.0
-    many = len(series) > 10  # past the default cycle: 20 distinct colours, alternating dashes
+    style_of = style_of or styles([s.label for s in series])
     bands = len(series) <= BAND_MAX
     for i, s in enumerate(series):
         xs = np.array([order.index(x) for x in s.x], dtype=float) if categorical else np.asarray(s.x, dtype=float)
         if categorical and len(series) > 1:  # dodge, so equal values do not hide each other
             xs = xs + min(0.08, 0.3 / len(series)) * (i - (len(series) - 1) / 2)
         m = np.asarray(s.mean, dtype=float) * scale
-        style = {"color": _TAB20[(2 * i) % 20 + (i // 10) % 2], "ls": "-" if i % 2 == 0 else "--"} if many else {}
-        ax.plot(xs, m, marker=MARKERS[i % len(MARKERS)], markersize=3.5, lw=1.2, label=s.label,
-                **{**style, **s.style})
+        style = {**style_of.get(s.label, {}), **s.style}
+        ax.plot(xs, m, markersize=3.5, lw=1.2, label=s.label, **style)
         if s.std is not None:
             sd = np.nan_to_num(np.asarray(s.std, dtype=float)) * scale
             if np.any(sd > 0):
@@ -125,11 +141,10 @@ def _draw_lines(ax: Any, series: list[Series], *, categorical: bool, percent: bo
                 if percent:  # a percentage cannot leave [0, 100]
                     lo, hi = np.clip(lo, 0.0, 100.0), np.clip(hi, 0.0, 100.0)
                 color = ax.lines[-1].get_color()
-                if bands:
+                if bands and len(xs) > 1:
                     ax.fill_between(xs, lo, hi, alpha=0.15, color=color, lw=0)
-                else:
-                    ax.errorbar(xs, m, yerr=[m - lo, hi - m], fmt="none", ecolor=color, elinewidth=0.8,
-                                capsize=1.5, alpha=0.8)
+                ax.errorbar(xs, m, yerr=[m - lo, hi - m], fmt="none", ecolor=color, elinewidth=0.9,
+                            capsize=2.5, alpha=0.9)
     if categorical:
         ax.set_xticks(range(len(order)))
         ax.set_xticklabels([str(o) for o in order], rotation=45 if len(order) > 4 else 0, fontsize=7,
@@ -142,9 +157,14 @@ def _draw_lines(ax: Any, series: list[Series], *, categorical: bool, percent: bo
         ax.minorticks_off()
 
 
-def panels(groups: list[tuple], path: str | Path, *, xlabel: str = "", ylabel: str = "",
-           categorical: bool = False, percent: bool = False, log_x: bool = False, title: str = "",
-           hline: float | None = None, hline_label: str = "chance") -> Path:
+def panels(groups: list[tuple], path: str | Path, **kw: Any) -> Path:
+    """``draw_panels`` saved to ``path`` (PNG, PDF or SVG by its suffix)."""
+    return save(draw_panels(groups, **kw), path)
+
+
+def draw_panels(groups: list[tuple], *, xlabel: str = "", ylabel: str = "", categorical: bool = False,
+                percent: bool = False, log_x: bool = False, title: str = "", hline: float | None = None,
+                hline_label: str = "chance") -> Any:
     """Several line plots (e.g. Audio / Video / Fusion, or one per perturbation), three per row.
 
     A group is ``(title, series)`` or ``(title, series, percent)`` to override ``percent`` for that
@@ -159,10 +179,11 @@ def panels(groups: list[tuple], path: str | Path, *, xlabel: str = "", ylabel: s
     flat = list(axes.flat)
     for ax in flat[n:]:
         ax.set_visible(False)
+    style_of = styles([s.label for group in groups for s in group[1]])  # one style per label in every panel
     for ax, group in zip(flat, groups):
         name, series = group[0], group[1]
         pct = group[2] if len(group) > 2 else percent
-        _draw_lines(ax, series, categorical=categorical, percent=pct, log_x=log_x)
+        _draw_lines(ax, series, categorical=categorical, percent=pct, log_x=log_x, style_of=style_of)
         if pct == percent:
             _chance(ax, hline, pct, hline_label)
         ax.set_title(name, fontsize=8)
@@ -180,7 +201,29 @@ def panels(groups: list[tuple], path: str | Path, *, xlabel: str = "", ylabel: s
         _legend_below(fig, list(seen.values()), list(seen))
     if title:
         fig.suptitle(title, fontsize=9)
-    return save(fig, path)
+    return fig
+
+
+def _short_number(v: float) -> str:
+    """A tick label: 0.5, 20, 500, 2k, 10k, 1M, 3G."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:g}{unit}"
+    return f"{v:g}"
+
+
+def _log_axis(ax: Any) -> None:
+    """A log x axis in plain numbers, no minor labels (matplotlib's default writes ``2×10^2 3×10^2 ...``
+    at every minor tick, which overlap on a narrow range): 1-2-5 ticks (200, 500, 1,000) across up to
+    1.6 decades, at most six powers of ten beyond; 2k, 1M for thousands and millions."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    lo, hi = (max(v, 1e-300) for v in ax.get_xlim())
+    span = np.log10(hi / lo)  # decades shown: 1-2-5 ticks only where they have room
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span <= 1.6 else (1.0,), numticks=6))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _short_number(v)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 @dataclass
@@ -192,24 +235,31 @@ class Point:
     yerr: float = 0.0
 
 
-def scatter(points: list[Point], path: str | Path, *, xlabel: str, ylabel: str, title: str = "",
-            log_x: bool = False, percent: bool = True, hline: float | None = None) -> Path:
+def scatter(points: list[Point], path: str | Path, **kw: Any) -> Path:
+    """``draw_scatter`` saved to ``path``."""
+    return save(draw_scatter(points, **kw), path)
+
+
+def draw_scatter(points: list[Point], *, xlabel: str, ylabel: str, title: str = "", log_x: bool = False,
+                 percent: bool = True, hline: float | None = None) -> Any:
+    """One marker per point, each its own colour and marker, named in a legend under the axes (labels
+    written next to points overlap when points are close)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(PANEL_W + 0.9, PANEL_H + 0.3))
     _chance(ax, hline, percent)
-    if hline is not None:
-        ax.legend(fontsize=6.5, loc="best", frameon=False)
     scale = 100.0 if percent else 1.0
+    style_of = styles([p.label for p in points])
     for p in points:
+        st = style_of[p.label]
         ax.errorbar([p.x], [p.y * scale], xerr=[p.xerr] if p.xerr else None, yerr=[p.yerr * scale] if p.yerr else None,
-                    fmt="o", markersize=4, capsize=2)
-        ax.annotate(p.label, (p.x, p.y * scale), textcoords="offset points", xytext=(4, 3), fontsize=7)
+                    fmt=st["marker"], color=st["color"], markersize=4.5, capsize=2.5, label=p.label, ls="none")
     if log_x:
-        ax.set_xscale("log")
+        _log_axis(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    return save(fig, path)
+    _legend_below(fig, *ax.get_legend_handles_labels())
+    return fig
 
 
 def tsne_grid(result: dict[str, Any], path: str | Path, title: str = "") -> Path | None:
@@ -256,6 +306,16 @@ def attention_heatmap(heat: dict[str, Any], path: str | Path, title: str = "") -
     _savefig(fig, path)
     plt.close(fig)
     return path
+
+
+def robustness_title(curve: str) -> str:
+    """A robustness panel's title with what its level means: noise is the fraction of noise mixed into
+    the features, shift the fraction of the clip's steps audio is moved by."""
+    if curve.startswith("noise"):
+        return f"{curve} (level: noise fraction)"
+    if curve.startswith("shift"):
+        return f"{curve} (level: shift / T)"
+    return curve
 
 
 def analysis_figure(what: str, result: dict[str, Any] | None, title: str, path: str | Path) -> bool:
@@ -321,8 +381,8 @@ def analysis_figure(what: str, result: dict[str, Any] | None, title: str, path: 
             if c.get("baseline_values"):
                 s.append(Series(f"baseline ({result.get('baseline')})", c["levels"], c["baseline_values"],
                                 style={"ls": "--"}))
-            groups.append((name, s))
-        panels(groups, path, percent=True, xlabel="level", ylabel=f"fused {result.get('primary', '')} (%)", title=title)
+            groups.append((robustness_title(name), s))
+        panels(groups, path, percent=True, xlabel="level (fraction, 0-1)", ylabel=f"fused {result.get('primary', '')} (%)", title=title)
         return True
     if what == "event-types" and result.get("heads"):
         plt = _plt()

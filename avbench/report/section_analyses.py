@@ -32,7 +32,7 @@ def analyses(rep: Builder) -> None:
     _per_layer(rep, "attention", "Attention difference per layer",
                     "Mean absolute difference between the attention maps of a clip's audio and of its video "
                     "(UAVM Fig. 5 left); the unpaired control pairs each audio with another clip's video.",
-                    [("paired A vs V", "mae"), ("unpaired control", "mae_unpaired")], ylabel="MAE", percent=False)
+                    [("paired A vs V", "mae"), ("unpaired control", "mae_unpaired")], ylabel="MAE (attention weight)", percent=False)
     _pictures(rep, "attention", "Temporal attention heatmaps (UAVM Fig. 5 right)",
                    lambda res, p, title: plots.attention_heatmap(res["heatmap"], p, title))
     _pictures(rep, "tsne", "t-SNE per layer (UAVM Fig. 3D)", lambda res, p, title: plots.tsne_grid(res, p, title))
@@ -78,7 +78,7 @@ def _per_layer(rep: Builder, what: str, title: str, text: str, metrics: list[tup
         rep.figure("probe_coefficients", "Sorted |coefficients| of the modality probe at each row's last layer, "
                     "first seed (UAVM Fig. 3C): no single dominant dimension means the modality is spread out",
                     lambda p: plots.lines([plots.Series(label, list(range(1, len(c) + 1)), c) for label, c in coefs],
-                                          p, xlabel="rank", ylabel="|coefficient|"))
+                                          p, xlabel="coefficient rank", ylabel="|coefficient| (probe weight)"))
 
 
 def _pictures(rep: Builder, what: str, title: str, draw) -> None:

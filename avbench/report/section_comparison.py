@@ -9,24 +9,69 @@ from avbench import results
 from avbench.report import significance as sig
 from avbench.report.blocks import Bullets, Heading, Para, Table
 from avbench.report.builder import Builder
-from avbench.report.cells import TITLES, cell, converged, converged_count, params_text, pct, rate
+from avbench.report.cells import (
+    TITLES,
+    cell,
+    configured,
+    converged,
+    converged_count,
+    params_text,
+    pct,
+    rate,
+    round_value,
+    tuned_summary,
+    tuned_values,
+)
 from avbench.report.compare import best_marks, comparable_groups, finite
 from avbench.report.gather import RowInfo
 from avbench.report.table import COLUMNS, config_label
 
 
 def settings(rep: Builder) -> None:
-    """The recipe and data settings of the runs: shared values once, varying keys named."""
+    """The recipe and data settings of the runs: shared values once, varying keys named (numbers rounded
+    to 3 significant digits; a key some rows tuned says so, the values are then per row in "How each row
+    was configured")."""
     keys = sorted({k for r in rep.infos for k in r.params if k.startswith(("train.", "data."))})
+    tuned_keys = {k for r in rep.infos if r.tuned and "missing" not in r.tuned for k in (r.tuned.get("overrides") or {})}
     shared, varying = [], []
     for k in keys:
         vals = {r.params.get(k, "-") for r in rep.infos}
         (shared if len(vals) == 1 else varying).append((k, sorted(vals)))
     if shared:
-        rep.add(Para("Settings shared by every row: " + ", ".join(f"`{k}={v[0]}`" for k, v in shared) + "."))
+        rep.add(Para("Settings shared by every row: " + ", ".join(f"`{k}={round_value(v[0])}`" for k, v in shared)
+                     + "."))
     if varying:
         rep.add(Para("Settings that differ between rows: " + ", ".join(
-            f"`{k}` ({', '.join(v)})" for k, v in varying) + "."))
+            f"`{k}` ({', '.join(dict.fromkeys(round_value(x) for x in v))}"
+            + ("; tuned per row" if k in tuned_keys else "") + ")" for k, v in varying) + "."))
+
+
+def configuration(rep: Builder) -> None:
+    """How each row was configured, in words: tuned (budget, best validation score, the chosen values),
+    a sweep point, fields set away from the strategy's defaults, or its defaults."""
+    rep.add(Heading(3, "How each row was configured"))
+    rep.add(Para("Tuned rows started from the configuration `avbench tune` chose on the validation split "
+                 "(the same trial budget for every strategy; values rounded to 3 significant digits). "
+                 "Other rows ran their strategy's defaults with the fields listed set (by `--set`, a preset, "
+                 "a config file or the dataset card); a sweep's rows differ by the swept point."))
+    lines = []
+    for r in rep.shown(rep.infos):
+        parts = []
+        if r.tuned:
+            parts.append(tuned_summary(r.tuned) + (f"; chosen: {tuned_values(r.tuned)}" if tuned_values(r.tuned)
+                                                   else ""))
+        for name, sw in sorted(r.sweeps.items()):
+            parts.append(f"sweep `{name}` point " + ", ".join(f"{k}={v}" for k, v in sw.get("point", {}).items()))
+        fields = rep.set_fields(r)
+        if fields is None:
+            parts.append("model fields unknown (its strategy cannot be loaded here)")
+        elif fields:
+            parts.append("set away from the defaults: " + ", ".join(f"{k}={round_value(v)}"
+                                                                   for k, v in fields.items()))
+        elif not r.tuned:
+            parts.append("its strategy's defaults")
+        lines.append(f"{r.short} {r.label}: " + "; ".join(parts))
+    rep.add(Bullets(lines))
 
 
 def comparison(rep: Builder) -> None:
@@ -43,6 +88,7 @@ def comparison(rep: Builder) -> None:
         rep.add(Heading(3, "Sweep points"))
         rep.add(Para("Rows created by `avbench sweep` (plotted in [Sweeps](#sweeps))."))
         _table(rep, swept, "")
+    configuration(rep)
     rep.add(Heading(3, "How differences are called"))
     rep.add(Para("Multiple comparisons are controlled: within one table column (rows on the same test split, "
                   "protocol and metric), every pair of rows gets a p-value, from a seed-matched paired bootstrap "
@@ -134,12 +180,14 @@ def _table(rep: Builder, rows: list[RowInfo], _title: str) -> None:
         cells = [cell(t.cells.get(c), t.primary) + marks.get((r.index, c), "")
                  + ("°" if results.not_above_chance(t.cells.get(c) or {}, chance.get(c)) else "")
                  for c in COLUMNS]
-        body.append([r.short, t.name, config_label(t, [x.row for x in rep.infos]) or "default",
+        sweep = next(iter(sorted(r.sweeps)), None) if r.from_sweep else None
+        body.append([r.short, t.name, config_label(t, [x.row for x in rep.infos]) or "-",
+                     configured(r.tuned, sweep, rep.set_fields(r)),
                      t.protocol, t.primary, len(r.seeds)] + cells
                     + [converged(t.extra.get("converged")), params_text(t.extra.get("parameters")),
                        rate(t.extra.get("train_clips_per_s")),
                        rate(t.extra.get("eval_clips_per_s")), r.group])
-    rep.add(Table(["#", "strategy", "config", "protocol", "metric", "seeds", "Audio", "Video", "Fusion",
+    rep.add(Table(["#", "strategy", "config", "configured", "protocol", "metric", "seeds", "Audio", "Video", "Fusion",
                     "converged", "params", "train clips/s", "infer clips/s", "group"], body))
 
 

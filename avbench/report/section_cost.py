@@ -24,12 +24,12 @@ def efficiency(rep: Builder) -> None:
     primary = rows[0].row.primary
     for key, name, log_x in (("train_clips_per_s", "training throughput (clips/s)", True),
                              ("eval_clips_per_s", "inference throughput (clips/s)", True),
-                             ("parameters", "parameters", True)):
-        pts = [plots.Point(r.short, r.row.extra[key]["mean"], r.row.cells["fusion"]["mean"],
+                             ("parameters", "parameters (count)", True)):
+        pts = [plots.Point(f"{r.short} {r.label}", r.row.extra[key]["mean"], r.row.cells["fusion"]["mean"],
                            yerr=r.row.cells["fusion"]["std"] if r.row.cells["fusion"]["n"] > 1 else 0.0)
                for r in rows if key in r.row.extra and math.isfinite(r.row.extra[key]["mean"])]
         if pts:
-            rep.figure(f"cost_{key}", f"Fused {primary} against {name} (main rows; labels are row numbers)",
+            rep.figure(f"cost_{key}", f"Fused {primary} against {name} (main rows, mean ± std over seeds)",
                         lambda p, pts=pts, name=name, log_x=log_x: plots.scatter(
                             pts, p, xlabel=name, ylabel=f"fused {primary} (%)", log_x=log_x,
                             hline=rep.chance_of(rows[0]).get("fusion")))

@@ -39,10 +39,10 @@ def robustness(rep: Builder) -> None:
             levels = r.analyses["robustness"][0]["curves"][name]["levels"]
             series.append(plots.Series(f"{r.short} {r.label}", levels, arr.mean(0),
                                        arr.std(0, ddof=1) if len(arr) > 1 else None))
-        groups.append((name, series))
+        groups.append((plots.robustness_title(name), series))
     primary = rows[0].analyses["robustness"][0].get("primary", "")
     rep.figure("robustness_curves", "Robustness curves, mean ± std over the seeds analysed",
-                lambda p: plots.panels(groups, p, xlabel="level", ylabel=f"fused {primary} (%)", percent=True))
+                lambda p: plots.panels(groups, p, xlabel="level (fraction, 0-1)", ylabel=f"fused {primary} (%)", percent=True))
     body = []
     for r in rows:
         res = r.analyses["robustness"]

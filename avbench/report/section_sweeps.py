@@ -42,7 +42,7 @@ def sweeps(rep: Builder) -> None:
         numeric = all(is_number(x) for x in xs)
         lines: dict[str, list[RowInfo]] = {}
         for r in members:
-            key = r.row.name + "".join(f", {o}={r.sweeps[name]['point'].get(o)}" for o in others
+            key = r.row.strategy + "".join(f", {o}={r.sweeps[name]['point'].get(o)}" for o in others
                                        if not _derived(o, x_key, members, name))
             lines.setdefault(key, []).append(r)
 
@@ -68,13 +68,13 @@ def sweeps(rep: Builder) -> None:
         if groups:
             rep.figure(f"sweep_{_slug(name)}",
                         f"Sweep {name}: {primary} (%) against {x_key}, mean ± std over seeds; dotted: chance",
-                        functools.partial(plots.panels, groups, xlabel=x_key, ylabel=f"{primary} (%)",
+                        functools.partial(plots.panels, groups, xlabel=f"{x_key} (swept value)", ylabel=f"{primary} (%)",
                                           categorical=not numeric, percent=True, log_x=log_x, hline=chance))
         agroups = _sweep_analysis_groups(rep, lines, xval, numeric)
         if agroups:
             rep.figure(f"sweep_{_slug(name)}_analyses",
                         f"Sweep {name}: last-layer analyses against {x_key} (UAVM Figs. 3A, 4 left and 5 left)",
-                        functools.partial(plots.panels, agroups, xlabel=x_key, ylabel="%",
+                        functools.partial(plots.panels, agroups, xlabel=f"{x_key} (swept value)", ylabel="score (%)",
                                           categorical=not numeric, percent=True, log_x=log_x))
         body = []
         for r in sorted(members, key=lambda r: (r.row.name, str(sorted(r.sweeps[name]["point"].items())))):

@@ -151,28 +151,53 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_ESCAPE.get(ch, ch) for ch in str(text))
 
 
-def _latex_cell(s: dict[str, float] | None, mark: str) -> str:
+def _latex_cell(s: dict[str, float] | None, mark: str, bold: bool = False) -> str:
     if not s or not math.isfinite(s.get("mean", float("nan"))):
         return "--"
     num = f"{100 * s['mean']:.2f}"
-    if "★" in mark:
+    if bold:
         num = rf"\textbf{{{num}}}"
     sups = "".join(t for m, t in (("†", r"\dagger"), ("‡", r"\ddagger"), ("°", r"\circ")) if m in mark)
     text = num if s["n"] == 1 else rf"{num} $\pm$ {100 * s['std']:.2f}"
     return text + (f"$^{{{sups}}}$" if sups else "")
 
 
+LATEX_HEADERS = ["strategy", "config", "protocol", "metric", r"Audio (\%)", r"Video (\%)", r"Fusion (\%)", "seeds",
+                 "params (count)"]
+
+
+def bold_cells(rows: list[TableRow], marks: dict[tuple[int, str], str]) -> set[tuple[int, str]]:
+    """The cells to set in bold: a column's best (★) only where the report's test calls at least one
+    row of the same protocol and metric below it (†/‡), and never a cell not above chance (°)."""
+    out = set()
+    for (i, col), mark in marks.items():
+        if "★" not in mark or "°" in mark:
+            continue
+        key = (rows[i].protocol, rows[i].primary)
+        if any(("†" in m or "‡" in m) and c == col and (rows[j].protocol, rows[j].primary) == key
+               for (j, c), m in marks.items()):
+            out.add((i, col))
+    return out
+
+
 def _latex(rows: list[TableRow], marks: dict[tuple[int, str], str]) -> str:
-    """A booktabs tabular: the best entry of each column in bold, significance marks as superscripts."""
-    lines = [r"% avbench table: needs \usepackage{booktabs}",
+    """A booktabs tabular scaled to the column width (``\\resizebox``, graphicx): a column's best entry
+    in bold only where a difference from it is called, significance marks as superscripts, units in
+    the headers."""
+    bold = bold_cells(rows, marks)
+    lines = [r"% avbench table: needs \usepackage{booktabs} and \usepackage{graphicx}",
+             r"% bold: the column's best where the report's test calls a difference from it (Holm-corrected);",
+             r"% $^\dagger$/$^\ddagger$: called below the best (95% seed intervals apart / overlapping);"
+             r" $^\circ$: not above chance",
+             r"\resizebox{\columnwidth}{!}{%",
              r"\begin{tabular}{llll" + "r" * len(COLUMNS) + "rr}", r"\toprule",
-             " & ".join(latex_escape(h) for h in HEADERS) + r" \\", r"\midrule"]
+             " & ".join(LATEX_HEADERS) + r" \\", r"\midrule"]
     for i, r in enumerate(rows):
         params = r.extra.get("parameters", {}).get("mean")
         cells = [latex_escape(r.name), latex_escape(config_label(r, rows)), latex_escape(r.protocol),
                  latex_escape(r.primary)]
-        cells += [_latex_cell(r.cells.get(c), marks.get((i, c), "")) for c in COLUMNS]
+        cells += [_latex_cell(r.cells.get(c), marks.get((i, c), ""), (i, c) in bold) for c in COLUMNS]
         cells += [str(r.seeds), latex_escape(format_count(params))]
         lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [r"\bottomrule", r"\end{tabular}}"]
     return "\n".join(lines) + "\n"
