@@ -329,6 +329,10 @@ class SynthCard(DatasetCard):
     def cache_dir(self, cache_root: Path, knobs: Any) -> Path:
         return cache_root / "synth" / synth_key(knobs)
 
+    def check_knobs(self, knobs: Any) -> None:
+        """The knobs' own rules (beyond each field's range), for callers that check before building."""
+        _check(knobs)
+
     def prepare(self, cache_root: Path, knobs: Any, progress: bool = True) -> Path:
         path = self.cache_dir(cache_root, knobs)
         if (path / "manifest.json").exists():
