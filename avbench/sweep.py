@@ -354,17 +354,34 @@ def run_sweep(req: SweepRequest, on_point: Callable[[int, int, PointResult], Non
 
 
 def validate_points(req: SweepRequest, name: str, points: list[dict[str, str]]) -> None:
-    """Resolve every (strategy, point) as ``avbench run`` would (keys, types, ranges, the dataset it
-    needs) and refuse the whole sweep in one line if any is bad: a grid with a typo must not spend an
-    hour training its good points first."""
-    from avbench import runner
+    """Check every (strategy, point)'s settings as ``avbench run`` types them (known keys, types,
+    declared ranges, the dataset knobs' own checks) and refuse the whole sweep in one line if any is
+    bad: a grid with a typo must not spend an hour training its good points first. A combination a
+    strategy refuses when it is built (``s_dim`` not divisible by the heads) still fails only its point."""
+    import dataclasses
 
+    from avbench import config as cfgmod
+    from avbench import registry, runner
+    from avbench.train.recipe import Recipe
+
+    card = registry.load_dataset(req.dataset) if req.dataset is not None else None
+    knob_fields = {f.name for f in dataclasses.fields(card.Knobs)} if card is not None else set()
+    recipe_fields = {f.name for f in dataclasses.fields(Recipe)}
     bad = []
     for strategy in req.strategies:
+        cls = registry.load_strategy(strategy)
+        fields = {f.name for f in dataclasses.fields(cls.Config)}
         for point in points:
             try:
-                rr = _request(req, name, strategy, point, "")
-                runner.check_trains(runner.resolve(rr))
+                s_over, r_over, d_over = runner.split_overrides({**req.overrides, **point}, fields, recipe_fields,
+                                                                knob_fields)
+                cfgmod.apply_overrides(cls.Config(), s_over, where=f"strategy '{cls.name}'")
+                cfgmod.apply_overrides(Recipe(), r_over, where="the recipe")
+                if card is not None:
+                    knobs = cfgmod.apply_overrides(card.Knobs(), d_over, where=f"dataset '{card.name}'")
+                    check = getattr(card, "check_knobs", None)
+                    if check is not None:
+                        check(knobs)
             except UserError as e:
                 bad.append(f"{strategy} {format_point(point) or '(no grid)'}: {str(e).splitlines()[0]}")
     if bad:
