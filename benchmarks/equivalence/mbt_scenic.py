@@ -180,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--classes", type=int, default=7)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tol", type=float, default=1e-5)
+    ap.add_argument("--float64", action="store_true",
+                    help="both sides in float64 (jax x64; avbench's reference attention path, whose softmax "
+                         "runs in the input dtype): separates rounding from a difference in the computation")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -193,14 +196,18 @@ def main(argv: list[str] | None = None) -> int:
     from avbench_strategies.mbt import MBT, MBTConfig
 
     jax.config.update("jax_default_matmul_precision", "highest")
+    if args.float64:
+        jax.config.update("jax_enable_x64", True)
+    npdt = np.float64 if args.float64 else np.float32
+    jdt = jnp.float64 if args.float64 else jnp.float32
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     fa, fv = 10, 12
     feats = FeatureSpec(audio_dim=fa, video_dim=fv, num_steps=args.steps)
     task = TaskSpec(num_classes=args.classes)
-    audio = rng.standard_normal((args.batch, args.steps, fa)).astype(np.float32)
-    video = rng.standard_normal((args.batch, args.steps, fv)).astype(np.float32)
-    rows: list[tuple[str, str, float]] = []
+    audio = rng.standard_normal((args.batch, args.steps, fa)).astype(npdt)
+    video = rng.standard_normal((args.batch, args.steps, fv)).astype(npdt)
+    rows: list[tuple[str, str, float, float]] = []
 
     def scenic_model(classifier: str, fusion: tuple[str, ...], sd: float = 0.3):
         if classifier == "gap" and len(fusion) > 1:
@@ -213,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             representation_size=None, dropout_rate=0.0, attention_dropout_rate=0.0,
             stochastic_droplayer_rate=sd, classifier=classifier, modality_fusion=fusion,
             fusion_layer=args.fusion_layer, use_bottleneck=len(fusion) > 1, n_bottlenecks=4,
-            test_with_bottlenecks=True, share_encoder=False)
+            test_with_bottlenecks=True, share_encoder=False, dtype=jdt)
 
     def gap_model(sd: float):
         """Scenic's ``MBT.__call__`` for ``classifier='gap'`` with bottlenecks. At 4a38d47 that path
@@ -230,13 +237,13 @@ def main(argv: list[str] | None = None) -> int:
                         x[mod], mod, ml_collections.ConfigDict({"method": "3d_conv"}),
                         ml_collections.ConfigDict({"size": [1, 1, 1]}), args.width)
                 n, _, c = x[FUSION_ORDER[0]].shape
-                bottleneck = self.param("bottleneck", fnn.initializers.normal(stddev=0.02), (1, 4, c), jnp.float32)
+                bottleneck = self.param("bottleneck", fnn.initializers.normal(stddev=0.02), (1, 4, c), jdt)
                 bottleneck = jnp.tile(bottleneck, [n, 1, 1])
                 enc = scenic_mbt.Encoder(
                     modality_fusion=FUSION_ORDER, fusion_layer=args.fusion_layer, mlp_dim=4 * args.width,
                     num_layers=args.depth, num_heads=args.heads, dropout_rate=0.0, attention_dropout_rate=0.0,
                     stochastic_droplayer_rate=sd, use_bottleneck=True, test_with_bottlenecks=True,
-                    share_encoder=False, name="Transformer")(x, bottleneck, train=train)
+                    share_encoder=False, dtype=jdt, name="Transformer")(x, bottleneck, train=train)
                 pooled = jnp.mean(enc, axis=list(range(1, enc.ndim - 1)))  # model.py:506-507
                 return fnn.Dense(args.classes, kernel_init=fnn.initializers.zeros, name="output_projection")(pooled)
 
@@ -263,10 +270,17 @@ def main(argv: list[str] | None = None) -> int:
             for name, p in m.named_parameters():  # LayerNorm scales/shifts away from 1/0
                 if "norm" in name:
                     p.add_(torch.randn_like(p) * 0.1)
+        if args.float64:
+            from avbench.nn import set_fused_attention
+
+            m.double()
+            set_fused_attention(m, False)
         return m.eval()
 
-    def diff(a, b) -> float:
-        return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
+    def diff(a, b) -> tuple[float, float]:
+        """(max |a - b|, max |a|): the difference and the size of the reference output."""
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        return float(np.max(np.abs(a - b))), float(np.max(np.abs(a)))
 
     ta, tv = torch.from_numpy(audio), torch.from_numpy(video)
     for classifier in ("gap", "token"):
@@ -275,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
         net = scenic_model(classifier, FUSION_ORDER)
         init = net.init(jax.random.PRNGKey(args.seed), scenic_inputs(), train=False)["params"]
+        init = jax.tree_util.tree_map(lambda v: np.asarray(v, dtype=npdt), init)
         params = to_scenic(state, cfg)
         # 1. key map: the same names and shapes as Scenic's own tree
         want = {k: v.shape for k, v in _flat(jax.device_get(init)).items()}
@@ -283,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
             bad = sorted(k for k in set(want) & set(got) if want[k] != got[k])
             sys.exit(f"[{classifier}] parameter trees differ: missing {missing} extra {extra} shapes {bad}")
-        rows.append((classifier, f"parameter tree ({len(want)} arrays)", 0.0))
+        rows.append((classifier, f"parameter tree ({len(want)} arrays)", 0.0, 0.0))
         # 2. avbench -> Scenic, module by module
         logits_s, inter = net.apply({"params": params}, scenic_inputs(), train=False,
                                     capture_intermediates=True, mutable=["intermediates"])
@@ -300,18 +315,18 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.depth):
             for m in ("audio", "video"):
                 s_out = tr[f"encoderblock_{i}" + _suffix(m)]["__call__"][0]
-                rows.append((classifier, f"encoderblock_{i}{_suffix(m)}", diff(s_out, block_out[f"{m}.{i}"][0])))
+                rows.append((classifier, f"encoderblock_{i}{_suffix(m)}", *diff(s_out, block_out[f"{m}.{i}"][0])))
         # avbench's (audio, video) is Scenic's concatenation order (spectrogram, rgb)
         enc = np.concatenate([tokens[m].numpy() for m in ("audio", "video")], axis=1)
-        rows.append((classifier, "encoder_norm", diff(tr["encoder_norm"]["__call__"][0], enc)))
-        rows.append((classifier, "logits (avbench -> Scenic)", diff(logits_s, logits_a)))
+        rows.append((classifier, "encoder_norm", *diff(tr["encoder_norm"]["__call__"][0], enc)))
+        rows.append((classifier, "logits (avbench -> Scenic)", *diff(logits_s, logits_a)))
         # 3. Scenic's initialised weights -> avbench
         init = jax.tree_util.tree_map(np.asarray, jax.device_get(init))
         init = _flat(init)
         r2 = np.random.default_rng(args.seed + 1)
         for k in list(init):  # zero-initialised head and CLS tokens: random, else every logit is 0
             if k.startswith("output_projection/") or k.startswith("cls"):
-                init[k] = r2.standard_normal(init[k].shape).astype(np.float32) * 0.5
+                init[k] = r2.standard_normal(init[k].shape).astype(npdt) * 0.5
         tree: dict = {}
         for k, v in init.items():
             node = tree
@@ -323,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         back.load_state_dict({k: torch.tensor(np.array(v)) for k, v in from_scenic(tree, cfg, state).items()})
         with torch.no_grad():
             logits_b = back.predict(ta, tv).numpy()
-        rows.append((classifier, "logits (Scenic init -> avbench)", diff(net.apply({"params": tree}, scenic_inputs(),
+        rows.append((classifier, "logits (Scenic init -> avbench)", *diff(net.apply({"params": tree}, scenic_inputs(),
                                                                                    train=False), logits_b)))
         # 4. single-modality evaluation against Scenic's single-modality model (no bottlenecks)
         for m in ("audio", "video"):
@@ -332,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             s1 = single.apply({"params": p1}, scenic_inputs((m,)), train=False)
             with torch.no_grad():
                 a1 = model.predict(ta if m == "audio" else None, tv if m == "video" else None).numpy()
-            rows.append((classifier, f"{m}-only logits (Scenic single-modality model)", diff(s1, a1)))
+            rows.append((classifier, f"{m}-only logits (Scenic single-modality model)", *diff(s1, a1)))
         # 5. training mode, token classifier: per-modality logits and Scenic's loss
         if classifier == "token":
             net0 = scenic_model(classifier, FUSION_ORDER, sd=0.0)
@@ -343,8 +358,8 @@ def main(argv: list[str] | None = None) -> int:
             with torch.no_grad():
                 per = model.modality_logits(ta, tv)
                 for m in ("audio", "video"):
-                    rows.append((classifier, f"train-mode {m} logits", diff(out[SCENIC_NAME[m]], per[m].numpy())))
-                labels = np.eye(args.classes, dtype=np.float32)[rng.integers(0, args.classes, args.batch)]
+                    rows.append((classifier, f"train-mode {m} logits", *diff(out[SCENIC_NAME[m]], per[m].numpy())))
+                labels = np.eye(args.classes, dtype=npdt)[rng.integers(0, args.classes, args.batch)]
                 ls = 0.3
                 config = ml_collections.ConfigDict({"label_smoothing": ls, "model": {}})
                 cls_model = scenic_mbt.MBTClassificationModel.__new__(scenic_mbt.MBTClassificationModel)
@@ -353,17 +368,18 @@ def main(argv: list[str] | None = None) -> int:
                 targets = torch.from_numpy(labels * (1 - ls) + ls / args.classes)  # avbench "uniform" smoothing
                 from avbench.api import Batch
                 loss_a = model.training_step(Batch(ta, tv, targets, torch.from_numpy(labels)), 0)["loss"]
-                rows.append((classifier, "train-mode loss (label smoothing 0.3)", diff(loss_s, loss_a.numpy())))
+                rows.append((classifier, "train-mode loss (label smoothing 0.3)", *diff(loss_s, loss_a.numpy())))
 
     width = max(len(r[1]) for r in rows)
     print(f"avbench mbt vs Scenic MBT ({args.checkout}); width {args.width}, depth {args.depth}, "
-          f"fusion layer {args.fusion_layer}, {args.heads} heads, T {args.steps}, batch {args.batch}; "
+          f"fusion layer {args.fusion_layer}, {args.heads} heads, T {args.steps}, batch {args.batch}, "
+          f"{'float64' if args.float64 else 'float32'}; "
           f"avbench switches: {dict(MBT.presets['scenic'])}, input_norm=False")
-    print(f"| classifier | {'module / output'.ljust(width)} | max abs diff |")
-    print(f"|---|{'-' * (width + 2)}|---|")
-    for c, name, d in rows:
-        print(f"| {c:<10} | {name.ljust(width)} | {d:.2e} |")
-    worst = max(d for _, _, d in rows)
+    print(f"| classifier | {'module / output'.ljust(width)} | max abs diff | max abs Scenic |")
+    print(f"|---|{'-' * (width + 2)}|---|---|")
+    for c, name, d, ref in rows:
+        print(f"| {c:<10} | {name.ljust(width)} | {d:.2e} | {ref:.2e} |")
+    worst = max(r[2] for r in rows)
     print(f"worst {worst:.2e}; tolerance {args.tol:.0e}: {'PASS' if worst <= args.tol else 'FAIL'}")
     return 0 if worst <= args.tol else 1
 
