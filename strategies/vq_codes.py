@@ -86,18 +86,20 @@ Other choices, stated:
   ``e = o / N`` is silent on never-used codes. ``ema_epsilon=0`` turns it off (an unused code then
   keeps its vector).
 * The code's reset writes only the code vector, which its next EMA step recomputes from the old
-  statistics; here the EMA sum is rescaled with the code so the reset sticks. The noise is uniform
+  statistics; here the EMA sum is rescaled with the code so the reset sticks (``reset_rescale_ema=false``:
+  the code's). Its counters also start at -1 and reset above N_re (``reset_timing=cmg``). The noise is uniform
   in +-``reset_noise`` as in the NeurIPS code (``code/src``); the later copies of the repository
   (ACL25, ICCV25 folders) draw it with a ``uniform_(-a, -a)`` slip, a constant -1/1024.
 * The appendix's cross-attention has no stated projections: ``r^b`` is parameter-free attention of a
   step over the partner clip's steps, on detached features.
-* CLUB: the code's bound averages over T before contrasting; here it is the sampled CLUB per step
-  (negatives: another clip at the same step), the form of Cheng et al. Likelihood and MLP shape
+* CLUB: the code's bound averages over T before dividing by exp(mean_T logvar) (``club_form=cmg``);
+  by default it is the sampled CLUB per step (negatives: another clip at the same step), the form of
+  Cheng et al. Likelihood and MLP shape
   (4 Linear layers, width 128, tanh on log-variance) follow the code.
 * The code's video branches (squeeze-excitation, spatial attention and conv stacks on 7x7x512 VGG
   maps) need spatial maps; the harness has per-step vectors, so video uses the audio-style Linear
   encoders, as the issue specifies.
-* The code runs in float64; here the nearest-code search is float64, the rest of the codebook
+* The code runs in float64 (``precision=fp64``); by default the nearest-code search is float64, the rest of the codebook
   arithmetic float32 (autocast is switched off for it), and the networks follow the recipe's precision.
 * Pretraining is always paired: under the cross-modal protocol the held-out modality is withheld
   only in the labelled (downstream) stage -- :attr:`train_modality` reads ``None`` during
@@ -122,7 +124,8 @@ the frozen encoder under no_grad (ave.py:177,201) or eval mode (default); ``down
 [per_modality] -- under the standard protocol one decoder per modality trained on that modality alone
 (CMG trains on one modality, ave_va/ave_av; no fused column), or one shared decoder on both
 modalities' codes with the fused column the mean of the two logits (default); the cross-modal
-protocol is CMG's ave_va/ave_av either way; ``pretrain_sampling`` [uniform]; ``precision`` [fp64].
+protocol is CMG's ave_va/ave_av either way; ``pretrain_sampling`` [uniform]; ``pretrain_time_roll``
+[off]; ``precision`` [fp64].
 """
 
 from __future__ import annotations
@@ -207,6 +210,7 @@ class VQCodesConfig:
     downstream_encoder: Literal["eval", "train"] = "eval"  # ["train"] frozen encoder's mode downstream (train: dropout on)
     downstream_decoders: Literal["shared", "per_modality"] = "shared"  # ["per_modality"] standard protocol: one decoder on both modalities' codes (fused = mean), or one per modality trained on it alone (no fused column)
     pretrain_sampling: Literal["recipe", "uniform"] = "recipe"  # ["uniform"] pretraining batches: the recipe's sampler, or uniform (no labels)
+    pretrain_time_roll: Literal["recipe", "off"] = "recipe"  # ["off"] the recipe's roll wraps a seam into Cross-CPC sequences
     precision: Literal["recipe", "fp64"] = "recipe"  # ["fp64"] fp64: every module and input in float64 (use with amp=fp32)
 
 
@@ -296,7 +300,7 @@ class VQCodes(Strategy):
                 "reset_after": 300, "cpc_steps": 1, "cpc_layers": 2, "ema_partner": "aligned",
                 "ema_sequential": True, "commit_beta": 0.5, "club_form": "cmg", "reset_timing": "cmg",
                 "reset_rescale_ema": False, "downstream_encoder": "train", "downstream_decoders": "per_modality",
-                "pretrain_sampling": "uniform", "precision": "fp64", "code_search": "fp64",
+                "pretrain_sampling": "uniform", "pretrain_time_roll": "off", "precision": "fp64", "code_search": "fp64",
                 "pretrain_lr": 4e-4, "downstream_lr": 4e-4, "grad_clip": 0.5, "pretrain_epochs": 6},
     }
 
@@ -394,6 +398,8 @@ class VQCodes(Strategy):
         changes: dict[str, Any] = {k: v for k, v in (("lr", lr), ("grad_clip", self.cfg.grad_clip)) if v is not None}
         if stage == "pretrain" and self.cfg.pretrain_sampling == "uniform":
             changes["balanced_sampling"] = False  # no labels in this stage: CMG's loader is uniform
+        if stage == "pretrain" and self.cfg.pretrain_time_roll == "off":
+            changes["time_roll"] = False  # a circular roll puts the clip's end before its start
         return dataclasses.replace(recipe, **changes) if changes else recipe
 
     def clip_groups(self) -> list[list[nn.Parameter]]:

@@ -208,6 +208,9 @@ def test_pretraining_recipe_drops_label_weighted_sampling_and_clip_groups_are_cm
     base = Recipe()
     assert not model.stage_recipe("pretrain", base).balanced_sampling
     assert model.stage_recipe("downstream", base).balanced_sampling
+    assert model.stage_recipe("pretrain", base).time_roll  # pretrain_time_roll=recipe
+    rolled = _small(pretrain_time_roll="off")
+    assert not rolled.stage_recipe("pretrain", base).time_roll and rolled.stage_recipe("downstream", base).time_roll
     model.begin_stage("pretrain")
     groups = clip_groups(model)
     assert len(groups) == 3  # CMG's Encoder, CPC, Decoder
