@@ -4,7 +4,12 @@ A comparison is fair only if every strategy gets the same chance: the UAVM paper
 hyper-parameters to ensure a fair comparison", and a harness must make that tuning equal and
 automatic. So every strategy named in one ``avbench tune`` gets
 
-* the same number of trials (``--budget``) of a seeded Optuna TPE sampler (the same sampler seed),
+* the same number of trials (``--budget``) of a seeded Optuna TPE sampler; each strategy's sampler
+  seed is derived from ``--sampler-seed`` and the strategy's name (a stable hash), so strategies do not
+  share their random start-up trials, and a rerun draws the same ones,
+* the same score (``--select``: validation loss by default, or mAP or accuracy; avbench/tune/select.py),
+  averaged over the same trial seeds (``--trial-seeds K``), and the same confirmation stage
+  (``--confirm N``: the top N trials retrained on fresh seeds, the choice made on those),
 * the same training-step budget: every trial trains at most ``--max-steps`` optimizer steps (default:
   the recipe's epochs over the training rows), and ``train.max_steps`` is searched as a share of it;
   a space that asks for more is refused,
@@ -17,7 +22,13 @@ every strategy or one per strategy name. Trials train with a step-defined cosine
 ``--set train.schedule=...`` says otherwise. Every trial is an MLflow child run under one tuning parent
 per strategy (kind "tune"/"trial", so tables and reports never mistake them for results). The best
 configuration is written to ``<results>/tuned/<dataset>-<cache key>/<strategy>.json`` and ``.yaml``:
-``avbench run --tuned`` finds it, ``avbench run --config FILE.yaml`` reads it.
+``avbench run --tuned`` finds it, ``avbench run --config FILE.yaml`` reads it. A tuning whose top trials
+cannot be told apart (an exact tie, or within their seeds' noise) says so; a chosen value at the top
+of its range is reported "capped".
+
+``--replicates R`` runs the whole selection R times with sampler seeds ``--sampler-seed`` + 0 .. R-1
+(each replicate its own tuning parent, tagged with its replicate and sampler seed, and its own
+stored choice), so the tuning's own randomness can be counted.
 
 Trials run on the executor (``--executor local|ray``, ``--jobs N``; avbench/tune/executor.py): a
 strategy's trials stay sequential (trial k+1 is asked only after trial k is told), and trials of
@@ -35,8 +46,9 @@ from typing import Any
 from avbench.errors import UserError
 from avbench.resolve import resolve, split_overrides
 from avbench.tune import executor, store
+from avbench.tune.select import check_select
 from avbench.tune.space import FIXED, distributions, load_space_file, step_cap
-from avbench.tune.study import TuneRequest, run_request, tune_one
+from avbench.tune.study import TuneRequest, confirm_seeds, run_request, tune_one
 
 
 def check_request(req: TuneRequest) -> None:
@@ -45,6 +57,13 @@ def check_request(req: TuneRequest) -> None:
         raise UserError("--budget must be at least 1 trial")
     if len(set(req.strategies)) != len(req.strategies) or not req.strategies:
         raise UserError("--strategy needs one or more distinct names")
+    check_select(req.select)
+    if req.confirm < 0 or req.confirm > req.budget:
+        raise UserError(f"--confirm {req.confirm}: between 0 and the budget ({req.budget} trials)")
+    if req.confirm and req.confirm_seeds < 1:
+        raise UserError("--confirm-seeds must be at least 1")
+    if req.replicates < 1:
+        raise UserError("--replicates must be at least 1")
     if req.prune and (req.executor != "local" or (req.jobs or 1) > 1):
         raise UserError("--prune runs trials in this process (the pruner reads each trial's validation curve "
                         "while it trains), so it takes neither --jobs above 1 nor --executor ray")
@@ -70,11 +89,33 @@ def tune(req: TuneRequest) -> dict[str, Any]:
             split_overrides({key: "0"}, {f.name for f in dataclasses.fields(r.strategy_cls.Config)},
                             {f.name for f in dataclasses.fields(type(r.recipe))}, set())
     out: dict[str, Any] = {"budget": {"trials": req.budget, "max_steps_per_trial": cap, "seeds": req.seeds,
-                                      "sampler": f"TPE seed {req.sampler_seed}", "pruning": req.prune},
-                           "strategies": {}, "failed": {}}
+                                      "sampler": f"TPE seed {req.sampler_seed} (one stream per strategy)",
+                                      "pruning": req.prune, "select": req.select,
+                                      "confirm": {"trials": req.confirm,
+                                                  "seeds": confirm_seeds(req) if req.confirm else []},
+                                      "replicates": req.replicates},
+                           "strategies": {}, "failed": {}, "replicates": []}
+    for rep in range(req.replicates):
+        rreq = dataclasses.replace(req, sampler_seed=req.sampler_seed + rep, replicate=rep)
+        done = _tune_replicate(rreq, resolved, overrides, spaces, cap)
+        out["replicates"].append({"replicate": rep, "sampler_seed": rreq.sampler_seed, **done})
+    out["strategies"] = out["replicates"][0]["strategies"]
+    out["failed"] = {s: why for r in out["replicates"] for s, why in r["failed"].items()}
+    if req.replicates > 1:
+        for s in out["strategies"]:
+            mine = [r["strategies"][s] for r in out["replicates"] if s in r["strategies"]]
+            store.record_replicates(mine)
+            out["strategies"][s]["replicates"] = store.replicate_summary(mine)
+    return out
+
+
+def _tune_replicate(req: TuneRequest, resolved: dict[str, Any], overrides: dict[str, str],
+                    spaces: dict[str, Any], cap: int) -> dict[str, Any]:
+    """One whole selection (one sampler seed): ``{"strategies": {name: result}, "failed": {...}}``."""
+    out: dict[str, Any] = {"strategies": {}, "failed": {}}
     todo = []
     for s in req.strategies:
-        kept = store.stored(req.results_dir, resolved[s]) if req.skip_tuned else None
+        kept = store.stored(req.results_dir, resolved[s], req.replicate) if req.skip_tuned else None
         if kept is not None:
             out["strategies"][s] = kept
         else:

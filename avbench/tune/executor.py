@@ -10,26 +10,42 @@ whatever the executor (given the same threads per job: float results can depend 
 The driver (this process) creates each strategy's tuning parent and study, asks and tells; a job
 (``avbench.tune.study.trial_job``) trains on the fit rows, scores the validation split and records its
 trial as an MLflow child. A failed trial is told as FAIL and listed at the end while the tuning goes
-on; Ctrl-C cancels the running trials (their runs end KILLED) and re-raises. MLflow is the resume
-point: a rerun replays the trials the interrupted one finished (``_replay``) and goes on from there.
+on; Ctrl-C cancels the running trials (their runs end KILLED) and re-raises. The study's Optuna journal
+(avbench/tune/study.py) is the resume point: a rerun reopens it, keeps every finished trial's record,
+trains again the trial each strategy had in flight (same number, same parameters) and goes on from
+there, so nothing finished trains twice and the outcome is the uninterrupted run's. Once every study
+has its budget, the confirmation stage (``--confirm N``) retrains each strategy's top N trials on fresh
+seeds, all of them as independent jobs.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from avbench.analysis.loading import download_artifact
+import avbench.tune.select as sel
 from avbench.errors import UserError
 from avbench.executor import Job, options
 from avbench.executor.progress import SweepProgress
 from avbench.resolve import Resolved, resolve
-from avbench.tracking import TAG_SEED, Tracker
+from avbench.tracking import Tracker
 from avbench.tune.space import suggest, text
-from avbench.tune.study import TuneRequest, conclude, new_study, run_request, trial_job, tuning_parent
+from avbench.tune.study import (
+    TuneRequest,
+    ask,
+    conclude,
+    confirm_seeds,
+    confirmed_records,
+    new_study,
+    resume_state,
+    run_request,
+    tell,
+    trial_job,
+    tuning_group,
+    tuning_parent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +62,9 @@ class _Tuning:
     parent: str
     trials: list[dict[str, Any]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    pending: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # left RUNNING by an interrupted run
     asked: int = 0
-    inflight: Any = None
+    inflight: tuple[int, dict[str, Any]] | None = None  # (trial number, params)
 
 
 def tune_all(req: TuneRequest, strategies: list[str], overrides: dict[str, str],
@@ -61,13 +78,15 @@ def tune_all(req: TuneRequest, strategies: list[str], overrides: dict[str, str],
         options.check_tracking_shared(ex, req.results_dir)
         tracker = Tracker(req.results_dir)  # the store exists before any worker opens it
         tunings = [_open(req, s, overrides, spaces[s], cap, tracker) for s in strategies]
-        progress = SweepProgress(req.budget * len(tunings), ex.slots, already_done=sum(t.asked for t in tunings),
+        progress = SweepProgress((req.budget + req.confirm) * len(tunings), ex.slots,
+                                 already_done=sum(t.asked - len(t.pending) for t in tunings),
                                  enabled=req.progress, desc="tune")
         progress.write(f"{ex.describe()}; {len(tunings)} strateg{'y' if len(tunings) == 1 else 'ies'} x "
                        f"{req.budget} trial(s), one trial of each strategy at a time")
         started_ms = int(time.time() * 1000)
         try:
             _drive(ex, req, tunings, overrides, progress)
+            _confirm(ex, req, tunings, overrides, progress)
         except KeyboardInterrupt:
             progress.write(f"interrupted: cancelling {ex.running()} running trial(s)")
             ex.cancel()
@@ -83,56 +102,16 @@ def tune_all(req: TuneRequest, strategies: list[str], overrides: dict[str, str],
 
 def _open(req: TuneRequest, strategy: str, overrides: dict[str, str],
           space: tuple[Mapping[str, Any], Mapping[str, Any]], cap: int, tracker: Tracker) -> _Tuning:
-    """The strategy's study and MLflow tuning parent, made here so no job races to create them."""
+    """The strategy's study (reopened if it exists) and MLflow tuning parent, made here so no job
+    races to create them."""
     r0 = resolve(run_request(req, strategy, overrides))
-    parent = tuning_parent(req, strategy, r0, tracker, overrides, space[0], cap)
-    t = _Tuning(strategy, r0, new_study(req), space[1], space[0], parent)
-    _replay(t, tracker, req.budget)
+    group = tuning_group(req, strategy, r0, overrides, space[0], cap)
+    parent = tuning_parent(req, strategy, r0, tracker, overrides, space[0], cap, group)
+    t = _Tuning(strategy, r0, new_study(req, strategy, group), space[1], space[0], parent)
+    state = resume_state(t.study)
+    t.trials, t.failures, t.pending = state.trials, state.failures, state.pending
+    t.asked = len(t.study.get_trials(deepcopy=False))
     return t
-
-
-def _replay(t: _Tuning, tracker: Tracker, budget: int) -> None:
-    """Trials an interrupted tuning already ran come back from MLflow instead of training again.
-
-    The tuning parent is found again by its group (same strategy, cache, space, budget, sampler), and
-    its trial runs 0, 1, ... that ended FINISHED or FAILED are replayed in order: each is asked again
-    (the seeded sampler, given the same history, suggests the same parameters, which is checked) and
-    told its recorded result. The rerun then continues exactly as the uninterrupted tuning would have.
-    """
-    from optuna.trial import TrialState
-
-    done: dict[int, Any] = {}
-    for run in tracker.children(t.parent, finished_only=False):  # newest first: keep the latest per trial
-        if run.info.status in ("FINISHED", "FAILED"):
-            done.setdefault(int(run.data.tags.get(TAG_SEED, -1)), run)
-    while t.asked < budget and t.asked in done:
-        run = done[t.asked]
-        trial = t.study.ask()
-        params = suggest(trial, t.dists)
-        recorded = {k: run.data.params.get(k) for k in params}
-        if {k: text(v) for k, v in params.items()} != recorded:
-            raise UserError(f"cannot resume the tuning of {t.strategy}: trial {trial.number} was run with "
-                            f"{recorded} but the sampler now suggests {params} (another Optuna version?); "
-                            f"use another --results-dir or delete the tuning run {t.parent}")
-        t.asked += 1
-        if run.info.status == "FAILED":
-            t.study.tell(trial, state=TrialState.FAIL)
-            t.failures.append(f"trial {trial.number}: failed (in an earlier run)")
-            continue
-        record = _recorded(tracker, run)
-        t.trials.append({"number": trial.number, "params": params, **record})
-        t.study.tell(trial, record["value"])
-    if t.asked:
-        log.info("tune %s: %d trial(s) from an earlier run reused", t.strategy, t.asked)
-
-
-def _recorded(tracker: Tracker, run: Any) -> dict[str, Any]:
-    """A finished trial run's record, as ``avbench.tune.study.trial_record`` returned it."""
-    (key,) = [k for k in run.data.metrics if k.startswith("val/")]
-    saved = json.loads(download_artifact(tracker, run.info.run_id, "trial.json").read_text())
-    return {"value": run.data.metrics[key], "values": saved["values"], "metric": key[len("val/"):],
-            "steps": int(run.data.metrics.get("steps", 0)), "run_id": run.info.run_id,
-            "converged": all(c["converged"] for c in saved["validation"])}
 
 
 def _drive(ex: Any, req: TuneRequest, tunings: list[_Tuning], overrides: dict[str, str], progress: Any) -> None:
@@ -143,7 +122,7 @@ def _drive(ex: Any, req: TuneRequest, tunings: list[_Tuning], overrides: dict[st
             return
         for o in ex.wait(timeout=1.0):
             t = tunings[int(o.key.split(":")[0])]
-            line = _tell(t, o)
+            line = _tell(t, o, req)
             progress.running = ex.running()
             progress.finished(o.seconds if o.ok else 0.0, failed=not o.ok,
                               line=f"[{progress.done + 1}/{progress.total}] {line}")
@@ -155,33 +134,76 @@ def _fill(ex: Any, req: TuneRequest, tunings: list[_Tuning], overrides: dict[str
     for i, t in enumerate(tunings):
         if ex.outstanding() >= ex.slots:
             return
-        if t.inflight is not None or t.asked >= req.budget:
+        if t.inflight is not None:
             continue
-        trial = t.study.ask()
-        params = suggest(trial, t.dists)
-        t.inflight, t.asked = trial, t.asked + 1
+        if t.pending:  # an interrupted run's trial: trained again with its number and parameters
+            number, params = t.pending.pop(0)
+        elif t.asked < req.budget:
+            trial = ask(t.study, req, t.strategy)
+            number, params = trial.number, suggest(trial, t.dists)
+            t.asked += 1
+        else:
+            continue
+        t.inflight = (number, params)
         trial_over = {**overrides, **{k: text(v) for k, v in params.items()}}
-        ex.submit(Job(key=f"{i}:{trial.number}", fn=trial_job,
-                      args=(req, t.strategy, trial_over, trial.number, params, t.parent),
-                      label=f"{t.strategy} trial {trial.number}"))
+        ex.submit(Job(key=f"{i}:{number}", fn=trial_job,
+                      args=(req, t.strategy, trial_over, number, params, t.parent),
+                      label=f"{t.strategy} trial {number}"))
 
 
-def _tell(t: _Tuning, o: Any) -> str:
+def _tell(t: _Tuning, o: Any, req: TuneRequest) -> str:
     """The outcome into the study (a failure as FAIL) and the trial's record; returns its progress line."""
     from optuna.trial import TrialState
 
-    trial, t.inflight = t.inflight, None
-    params = dict(trial.params)
-    head = f"{t.strategy} trial {trial.number}"
+    (number, params), t.inflight = t.inflight, None
+    head = f"{t.strategy} trial {number}"
     if not o.ok:
-        t.study.tell(trial, state=TrialState.FAIL)
-        t.failures.append(f"trial {trial.number}: {o.error}")
+        t.study.set_user_attr(f"error.{number}", str(o.error))
+        t.study.tell(number, state=TrialState.FAIL)
+        t.failures.append(f"trial {number}: {o.error}")
         return f"{head}: failed: {o.error}"
     record = o.value
-    t.trials.append({"number": trial.number, "params": params, **record})
-    t.study.tell(trial, record["value"])  # a NaN score is told as a failed trial by Optuna itself
-    return (f"{head}: val {record['metric']} {record['value']:.4f} ({record['steps']} steps) in {o.seconds:.1f} s "
+    tell(t.study, req, number, params, record)
+    t.trials.append({"number": number, "params": params, **record})
+    return (f"{head}: val {record['metric']} {record['value']:.4f}, {req.select} "
+            f"{sel.score(record, req.select):.4f} ({record['steps']} steps) in {o.seconds:.1f} s "
             f"{ {k: _short(v) for k, v in params.items()} }")
+
+
+def _confirm(ex: Any, req: TuneRequest, tunings: list[_Tuning], overrides: dict[str, str], progress: Any) -> None:
+    """The confirmation stage: every strategy's top ``--confirm`` trials retrained on fresh seeds, as
+    independent jobs (their order cannot change a result); each record lands in the study."""
+    if req.confirm <= 0:
+        return
+    seeds = confirm_seeds(req)
+    for i, t in enumerate(tunings):
+        for entry in sel.top(t.trials, req.select, req.confirm):
+            number = entry["number"]
+            if f"confirm.{number}" in t.study.user_attrs:
+                progress.finished(0.0, failed=False, line=f"[{progress.done + 1}/{progress.total}] {t.strategy} "
+                                            f"confirm trial {number}: from an earlier run")
+                continue
+            over = {**overrides, **{k: text(v) for k, v in entry["params"].items()}}
+            ex.submit(Job(key=f"{i}:confirm:{number}", fn=trial_job,
+                          args=(req, t.strategy, over, number, entry["params"], t.parent, seeds, "confirm"),
+                          label=f"{t.strategy} confirm trial {number}"))
+    while ex.outstanding():
+        for o in ex.wait(timeout=1.0):
+            i, _, number = o.key.split(":")
+            t = tunings[int(i)]
+            head = f"{t.strategy} confirm trial {number} (seeds {seeds})"
+            if o.ok:
+                entry = next(e for e in t.trials if e["number"] == int(number))
+                t.study.set_user_attr(f"confirm.{number}", {"number": int(number), "params": entry["params"],
+                                                             **o.value})
+                line = f"{head}: {req.select} {sel.score(o.value, req.select):.4f}"
+            else:
+                t.failures.append(f"confirmation of trial {number}: {o.error}")
+                line = f"{head}: failed: {o.error}"
+            progress.running = ex.running()
+            progress.finished(o.seconds if o.ok else 0.0, failed=not o.ok,
+                              line=f"[{progress.done + 1}/{progress.total}] {line}")
+        progress.set_running(ex.running())
 
 
 def _short(v: Any) -> Any:
@@ -196,7 +218,8 @@ def _conclude_all(req: TuneRequest, tunings: list[_Tuning], tracker: Tracker, ov
     for t in tunings:
         try:
             done[t.strategy] = conclude(req, t.resolved, t.study, t.trials, tracker, t.parent, overrides,
-                                             t.space, cap)
+                                        t.space, cap, dists=t.dists,
+                                        confirmed=confirmed_records(t.study, t.trials, req))
         except UserError as e:
             failed[t.strategy] = "; ".join([str(e), *t.failures])
             continue

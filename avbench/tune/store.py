@@ -3,6 +3,9 @@
 One pair of files per (dataset, cache key, strategy) under ``<results>/tuned/<dataset>-<key>/``:
 ``<strategy>.json`` holds everything (trials, budget, validation split) and ``<strategy>.yaml`` is a
 config file for ``avbench run --config``. ``tuned_file`` is the one place that names the path.
+With ``--replicates R``, replicate 0 is that pair (what ``run --tuned`` uses, with every replicate's
+choice listed under "replicates") and replicate r >= 1 is ``replicates/<strategy>-r<r>.json``/``.yaml``
+beside it, each with its sampler seed, so every replicate's choice is kept.
 """
 
 from __future__ import annotations
@@ -31,12 +34,21 @@ def tuned_file(results_dir: str | Path, r: Resolved) -> Path:
     return tuned_dir(results_dir, r.dataset, r.cache.manifest.key) / f"{r.strategy_cls.name}.json"
 
 
+def replicate_file(results_dir: str | Path, r: Resolved, replicate: int) -> Path:
+    """Where replicate ``replicate`` of a tuning stores its choice (replicate 0: ``tuned_file``)."""
+    return _replicate_path(tuned_dir(results_dir, r.dataset, r.cache.manifest.key), r.strategy_cls.name, replicate)
+
+
+def _replicate_path(d: Path, strategy: str, replicate: int) -> Path:
+    return d / f"{strategy}.json" if replicate == 0 else d / "replicates" / f"{strategy}-r{replicate}.json"
+
+
 def write_tuned(results_dir: str | Path, req: Any, result: dict[str, Any]) -> list[Path]:
     """``<strategy>.json`` (everything) and ``<strategy>.yaml`` (a config file for ``run --config``);
     ``req`` is the ``TuneRequest`` (its ``dataset`` or ``cache`` goes into the YAML)."""
     d = tuned_dir(results_dir, result["dataset"], result["cache_key"])
-    d.mkdir(parents=True, exist_ok=True)
-    jpath = d / f"{result['strategy']}.json"
+    jpath = _replicate_path(d, result["strategy"], int(result.get("replicate", 0)))
+    jpath.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(jpath, result)
     config: dict[str, Any] = {"strategy": result["strategy"]}
     config.update({"dataset": req.dataset} if req.dataset else {"cache": req.cache})
@@ -44,9 +56,11 @@ def write_tuned(results_dir: str | Path, req: Any, result: dict[str, Any]) -> li
         prefix, _, rest = k.partition(".")
         section, name = (prefix, rest) if rest and prefix in ("model", "train", "data") else ("set", k)
         config.setdefault(section, {})[name] = _plain(v)
-    ypath = d / f"{result['strategy']}.yaml"
-    ypath.write_text(f"# tuned by avbench tune ({result['budget']['trials']} trials, "
-                     f"best validation {result['metric']} {result['value']:.4f}); use: avbench run --config {ypath.name}\n"
+    ypath = jpath.with_suffix(".yaml")
+    chosen = (f"chosen on {result['select']} {result['score']:.4f}, " if "select" in result else "")
+    ypath.write_text(f"# tuned by avbench tune ({result['budget']['trials']} trials, {chosen}"
+                     f"validation {result['metric']} {result['value']:.4f}, replicate {result.get('replicate', 0)}, "
+                     f"sampler seed {result.get('sampler_seed', 0)}); use: avbench run --config {ypath.name}\n"
                      + yaml.safe_dump(config, sort_keys=True))
     return [jpath, ypath]
 
@@ -58,9 +72,28 @@ def _plain(v: str) -> Any:
         return v
 
 
-def stored(results_dir: str | Path, r: Resolved) -> dict[str, Any] | None:
-    """The tuned result already stored for this strategy and cache (``--skip-tuned``), or None."""
-    path = tuned_file(results_dir, r)
+def replicate_summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each replicate's choice in a line: replicate, sampler seed, trial, score, parameters, file."""
+    return [{"replicate": res.get("replicate", 0), "sampler_seed": res.get("sampler_seed"),
+             "best_trial": res["best_trial"], "select": res.get("select"), "score": res.get("score"),
+             "indistinct": res.get("indistinct", False), "params": res["params"], "file": res["files"][0]}
+            for res in results]
+
+
+def record_replicates(results: list[dict[str, Any]]) -> None:
+    """Replicate 0's file (the one ``run --tuned`` reads) lists every replicate's choice."""
+    first = next((res for res in results if res.get("replicate", 0) == 0), None)
+    if first is None:
+        return
+    path = Path(first["files"][0])
+    data = json.loads(path.read_text())
+    data["replicates"] = replicate_summary(results)
+    write_json_atomic(path, data)
+
+
+def stored(results_dir: str | Path, r: Resolved, replicate: int = 0) -> dict[str, Any] | None:
+    """The tuned result already stored for this strategy, cache and replicate (``--skip-tuned``), or None."""
+    path = replicate_file(results_dir, r, replicate)
     if not path.is_file():
         return None
     try:

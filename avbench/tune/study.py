@@ -1,10 +1,21 @@
 """One strategy's tuning: its request, its Optuna study, its MLflow tuning parent, and its trials.
 
-A trial trains the suggested configuration on every tuning seed over the fit rows (training rows minus
-the validation hold-out) and is scored on the validation split; the test split is never opened. A
-trial is an MLflow child run of kind "trial" under the strategy's parent of kind "tune". The same
-``trial_record`` runs in this process (``--prune``, ``tune_one``) and as an executor job
-(``trial_job``, avbench/tune/executor.py).
+A trial trains the suggested configuration on every trial seed over the fit rows (training rows minus
+the validation hold-out) and is scored on the validation split; the test split is never opened. Each
+seed's validation accuracy, mAP and loss (cross-entropy of the strategy's logits; BCE for multilabel)
+is recorded, and the trial's score is the mean of the one ``--select`` names (avbench/tune/select.py).
+A trial is an MLflow child run of kind "trial" under the strategy's parent of kind "tune", tagged with
+the seeds it trained, with the cache as its dataset input and every resolved setting as a param. The
+confirmation stage (``--confirm N``) retrains the top N trials on fresh seeds as runs of kind
+"confirm". The same ``trial_record`` runs in this process (``--prune``, ``tune_one``) and as an
+executor job (``trial_job``, avbench/tune/executor.py).
+
+The study lives in an Optuna journal file next to the results (``<results>/optuna.journal``), named
+``<strategy>-<group>``, so ``optuna-dashboard`` and ``optuna.visualization`` open it and a rerun
+continues it (``load_if_exists``). Each trial's sampler is seeded from the strategy's own seed stream
+and the trial's number (``select.trial_sampler_seed``): what a resumed study suggests depends only on
+its stored history, never on a sampler's in-memory state. Each trial's record (all seeds' scores) is a
+study user attribute ``record.<n>``, each confirmation's ``confirm.<n>``.
 """
 
 from __future__ import annotations
@@ -13,11 +24,14 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+import avbench.tune.select as sel
 from avbench import config as cfgmod
+from avbench.api import classification_loss
 from avbench.errors import UserError
 from avbench.resolve import Resolved, RunRequest, resolve
 from avbench.tracking import TAG_KIND, TAG_STRATEGY, Tracker
@@ -27,6 +41,11 @@ from avbench.tune.store import write_tuned
 
 log = logging.getLogger(__name__)
 
+TAG_TRIAL = "avbench.tune.trial"  # the trial number a trial or confirmation run trained
+TAG_REPLICATE = "avbench.tune.replicate"  # which of --replicates R a tuning parent is
+TAG_SAMPLER_SEED = "avbench.tune.sampler_seed"  # the replicate's sampler seed (before the per-strategy stream)
+JOURNAL = "optuna.journal"
+
 
 @dataclass
 class TuneRequest:
@@ -34,7 +53,7 @@ class TuneRequest:
     dataset: str | None = None
     cache: str | None = None
     budget: int = 20
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = field(default_factory=lambda: [0])  # every trial trains these seeds; its score is the mean
     space_file: str | None = None
     overrides: dict[str, str] = field(default_factory=dict)
     max_steps: int | None = None
@@ -50,6 +69,17 @@ class TuneRequest:
     address: str | None = None  # ray: cluster address (default: start a local one)
     threads_per_job: int | None = None  # local default: usable cores // jobs; ray default: 1
     gpus_per_job: float = 0.0
+    select: str = sel.DEFAULT_SELECT  # the trial score: val_loss (negated), val_mAP or val_acc
+    confirm: int = 0  # the top N trials retrained on fresh seeds; the choice is made on those
+    confirm_seeds: int = 2  # fresh seeds per confirmed trial
+    replicates: int = 1  # the whole selection R times, sampler seeds sampler_seed + 0 .. R-1
+    replicate: int = 0  # which replicate this request runs (set by the driver)
+
+
+def confirm_seeds(req: TuneRequest) -> list[int]:
+    """The confirmation stage's fresh seeds: after every trial seed, so none was seen in the trials."""
+    start = max(req.seeds) + 1
+    return list(range(start, start + req.confirm_seeds))
 
 
 def run_request(req: TuneRequest, strategy: str, overrides: dict[str, str]) -> RunRequest:
@@ -61,112 +91,277 @@ def run_request(req: TuneRequest, strategy: str, overrides: dict[str, str]) -> R
 
 def tune_one(req: TuneRequest, strategy: str, overrides: dict[str, str], space: Mapping[str, Any],
              dists: Mapping[str, Any], cap: int) -> dict[str, Any]:
-    """In this process (``--prune``): ``study.optimize`` over the strategy's trials, one after another."""
+    """In this process (``--prune``): the strategy's trials one after another, then the confirmation."""
     r0 = resolve(run_request(req, strategy, overrides))
     tracker = Tracker(req.results_dir)
-    parent = tuning_parent(req, strategy, r0, tracker, overrides, space, cap)
-    study = new_study(req)
-    trials: list[dict[str, Any]] = []
-
-    def objective(trial: Any) -> float:
+    group = tuning_group(req, strategy, r0, overrides, space, cap)
+    parent = tuning_parent(req, strategy, r0, tracker, overrides, space, cap, group)
+    study = new_study(req, strategy, group)
+    state = resume_state(study)
+    for number, params in state.pending:  # trials an interrupted run left RUNNING
+        _in_process(req, strategy, overrides, study, tracker, parent, number, params, state)
+    while len(study.trials) < req.budget:
+        trial = ask(study, req, strategy)
         params = suggest(trial, dists)
-        record = run_trial(req, strategy, {**overrides, **{k: text(v) for k, v in params.items()}},
-                           trial, tracker, parent)
-        trials.append({"number": trial.number, "params": params, **record})
-        return record["value"]
+        _in_process(req, strategy, overrides, study, tracker, parent, trial.number, params, state, trial)
+    for t in sel.top(state.trials, req.select, req.confirm):  # the confirmation stage, in this process
+        key = f"confirm.{t['number']}"
+        if key not in study.user_attrs:
+            over = {**overrides, **{k: text(v) for k, v in t["params"].items()}}
+            rec = trial_record(req, strategy, over, t["number"], t["params"], tracker, parent,
+                               seeds=confirm_seeds(req), kind="confirm")
+            study.set_user_attr(key, {"number": t["number"], "params": t["params"], **rec})
+    return conclude(req, r0, study, state.trials, tracker, parent, overrides, space, cap, dists=dists,
+                    confirmed=confirmed_records(study, state.trials, req), failures=state.failures)
 
-    study.optimize(objective, n_trials=req.budget, catch=(RuntimeError, ValueError, FloatingPointError))
-    return conclude(req, r0, study, trials, tracker, parent, overrides, space, cap)
+
+def _in_process(req: TuneRequest, strategy: str, overrides: dict[str, str], study: Any, tracker: Tracker,
+                parent: str, number: int, params: dict[str, Any], state: "ResumeState", trial: Any = None) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    over = {**overrides, **{k: text(v) for k, v in params.items()}}
+    try:
+        record = trial_record(req, strategy, over, number, params, tracker, parent,
+                              callback=_pruning_callback(trial) if (req.prune and trial is not None) else None)
+    except optuna.TrialPruned:
+        study.tell(number, state=TrialState.PRUNED)
+        return
+    except (RuntimeError, ValueError, FloatingPointError) as e:
+        study.set_user_attr(f"error.{number}", f"{type(e).__name__}: {e}")
+        study.tell(number, state=TrialState.FAIL)
+        state.failures.append(f"trial {number}: {type(e).__name__}: {e}")
+        return
+    tell(study, req, number, params, record)
+    state.trials.append({"number": number, "params": params, **record})
+    if req.progress:
+        log.info("tune %s trial %d: val %s %.4f, score %s %.4f (%d steps) %s", strategy, number, record["metric"],
+                 record["value"], req.select, sel.score(record, req.select), record["steps"], params)
+
+
+@dataclass
+class ResumeState:
+    """What a study already holds: finished trial records, failures, and trials left RUNNING."""
+
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    pending: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+
+
+def resume_state(study: Any) -> ResumeState:
+    """A reopened study's trials: COMPLETE ones come back with their records (nothing trains again),
+    FAIL ones as failures, RUNNING ones (an interrupted run's) to be trained again with the same
+    number and parameters, so the history ends up exactly as an uninterrupted run's."""
+    from optuna.trial import TrialState
+
+    state = ResumeState()
+    attrs = study.user_attrs
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.COMPLETE and f"record.{t.number}" in attrs:
+            state.trials.append(attrs[f"record.{t.number}"])
+        elif t.state == TrialState.FAIL:
+            state.failures.append(f"trial {t.number}: {attrs.get(f'error.{t.number}', 'failed')} (in an earlier run)")
+        elif t.state == TrialState.RUNNING:
+            state.pending.append((t.number, dict(t.params)))
+    if state.trials or state.failures:
+        log.info("tune %s: %d trial(s) from an earlier run reused", study.study_name, len(state.trials))
+    return state
+
+
+def confirmed_records(study: Any, trials: list[dict[str, Any]], req: TuneRequest) -> list[dict[str, Any]]:
+    """The confirmation records of the top ``--confirm`` trials that the study holds."""
+    attrs = study.user_attrs
+    return [attrs[f"confirm.{t['number']}"] for t in sel.top(trials, req.select, req.confirm)
+            if f"confirm.{t['number']}" in attrs]
+
+
+def tuning_group(req: TuneRequest, strategy: str, r0: Resolved, overrides: dict[str, str],
+                 space: Mapping[str, Any], cap: int) -> str:
+    """The hash that names a tuning: its MLflow parent's group and its Optuna study's name."""
+    return cfgmod.config_hash({"tune": strategy, "cache": r0.cache.manifest.key,
+                               "space": json.dumps(space, sort_keys=True, default=str)},
+                              overrides, {"budget": req.budget, "cap": cap, "seeds": req.seeds,
+                                          "sampler": req.sampler_seed, "prune": req.prune, "select": req.select,
+                                          "confirm": req.confirm, "confirm_seeds": req.confirm_seeds})
+
+
+def full_params(r: Resolved) -> dict[str, Any]:
+    """Every resolved setting (strategy config, recipe, dataset knobs) as MLflow params."""
+    out: dict[str, Any] = {"strategy": r.strategy_cls.name, "dataset": r.dataset, "cache": str(r.cache.root),
+                           "cache_key": r.cache.manifest.key}
+    out.update({f"model.{k}": v for k, v in dataclasses.asdict(r.strategy_cfg).items()})
+    out.update({f"train.{k}": v for k, v in dataclasses.asdict(r.recipe).items()})
+    if r.knobs is not None:
+        out.update({f"data.{k}": v for k, v in dataclasses.asdict(r.knobs).items()})
+    return out
+
+
+def log_cache_input(tracker: Tracker, run_id: str, r: Resolved) -> None:
+    """The feature cache as the run's dataset input, as ``avbench run`` logs it."""
+    m = r.cache.manifest
+    tracker.log_dataset(run_id, r.dataset, m.key, str(r.cache.root),
+                        {"task": m.task, "classes": m.num_classes, "steps": m.num_steps, "audio_dim": m.audio_dim,
+                         "video_dim": m.video_dim, "splits": {k: v.get("size") for k, v in m.splits.items()},
+                         "validation": r.cache.validation.record})
 
 
 def tuning_parent(req: TuneRequest, strategy: str, r0: Resolved, tracker: Tracker, overrides: dict[str, str],
-                  space: Mapping[str, Any], cap: int) -> str:
+                  space: Mapping[str, Any], cap: int, group: str | None = None) -> str:
     """The strategy's MLflow parent of kind "tune" (found again by its group, so a rerun joins it)."""
-    key = r0.cache.manifest.key
-    group = cfgmod.config_hash({"tune": strategy, "cache": key, "space": json.dumps(space, sort_keys=True, default=str)},
-                               overrides, {"budget": req.budget, "cap": cap, "seeds": req.seeds,
-                                           "sampler": req.sampler_seed, "prune": req.prune})
+    group = group or tuning_group(req, strategy, r0, overrides, space, cap)
+    sseed = sel.strategy_seed(req.sampler_seed, r0.strategy_cls.name)
     parent = tracker.parent_run(r0.dataset, f"tune-{group}", f"tune-{r0.strategy_cls.name}",
-                                {"strategy": r0.strategy_cls.name, "cache_key": key, "budget_trials": req.budget,
+                                {**full_params(r0), "budget_trials": req.budget,
                                  "max_steps_per_trial": cap, "seeds": req.seeds, "space": space,
-                                 "sampler_seed": req.sampler_seed, "pruning": req.prune,
+                                 "sampler_seed": req.sampler_seed, "strategy_sampler_seed": sseed,
+                                 "replicate": req.replicate, "select": req.select, "confirm_trials": req.confirm,
+                                 "confirm_seeds": confirm_seeds(req) if req.confirm else [], "pruning": req.prune,
+                                 "study": f"{study_storage_path(req.results_dir)}::{r0.strategy_cls.name}-{group}",
                                  **{f"fixed.{k}": v for k, v in overrides.items()}},
-                                {TAG_KIND: "tune", TAG_STRATEGY: r0.strategy_cls.name})
+                                {TAG_KIND: "tune", TAG_STRATEGY: r0.strategy_cls.name,
+                                 TAG_REPLICATE: str(req.replicate), TAG_SAMPLER_SEED: str(req.sampler_seed)})
+    log_cache_input(tracker, parent, r0)
     return parent
 
 
-def new_study(req: TuneRequest) -> Any:
-    """One strategy's study: the seeded TPE sampler every strategy shares, median pruning with --prune."""
+def study_storage_path(results_dir: str | Path) -> Path:
+    return Path(results_dir).resolve() / JOURNAL
+
+
+def storage(results_dir: str | Path) -> Any:
+    """The Optuna journal storage of a results directory (one file, every study of every tuning)."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = study_storage_path(results_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def new_study(req: TuneRequest, strategy: str, group: str) -> Any:
+    """The strategy's study in the results' journal, created or reopened (``load_if_exists``)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=req.sampler_seed)
+    sseed = sel.strategy_seed(req.sampler_seed, strategy)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if req.prune else optuna.pruners.NopPruner()
-    return optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    study = optuna.create_study(storage=storage(req.results_dir), study_name=f"{strategy}-{group}",
+                                direction="maximize", sampler=optuna.samplers.TPESampler(seed=sseed),
+                                pruner=pruner, load_if_exists=True)
+    if "strategy" not in study.user_attrs:
+        for k, v in {"strategy": strategy, "select": req.select, "sampler_seed": req.sampler_seed,
+                     "strategy_sampler_seed": sseed, "replicate": req.replicate, "seeds": req.seeds}.items():
+            study.set_user_attr(k, v)
+    return study
+
+
+def ask(study: Any, req: TuneRequest, strategy: str) -> Any:
+    """The next trial, its TPE sampler seeded by the strategy's stream and the trial's number."""
+    import optuna
+
+    number = len(study.get_trials(deepcopy=False))
+    study.sampler = optuna.samplers.TPESampler(
+        seed=sel.trial_sampler_seed(sel.strategy_seed(req.sampler_seed, strategy), number))
+    return study.ask()
+
+
+def tell(study: Any, req: TuneRequest, number: int, params: dict[str, Any], record: dict[str, Any]) -> None:
+    """The trial's record into the study (user attribute ``record.<n>``), then its score."""
+    study.set_user_attr(f"record.{number}", {"number": number, "params": params, **record})
+    study.tell(number, sel.score(record, req.select))  # a NaN score is told as a failed trial by Optuna itself
 
 
 def conclude(req: TuneRequest, r0: Resolved, study: Any, trials: list[dict[str, Any]], tracker: Tracker, parent: str,
-             overrides: dict[str, str], space: Mapping[str, Any], cap: int) -> dict[str, Any]:
-    """The best trial as the stored result (json + yaml) and on the tuning parent; UserError if none finished."""
-    import optuna
+             overrides: dict[str, str], space: Mapping[str, Any], cap: int, *, dists: Mapping[str, Any] | None = None,
+             confirmed: list[dict[str, Any]] | None = None, failures: list[str] | None = None) -> dict[str, Any]:
+    """The chosen trial as the stored result (json + yaml) and on the tuning parent; UserError if none finished.
 
+    Without a confirmation stage the choice is ``select.choose`` over the trials; with one, over the
+    confirmed trials' fresh-seed records."""
     key = r0.cache.manifest.key
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not done:
+    trials = sorted(trials, key=lambda t: t["number"])
+    if not trials:
         raise UserError(f"tune {r0.strategy_cls.name}: no trial finished "
                         f"(see the trial runs under MLflow parent {parent})")
-    trials = sorted(trials, key=lambda t: t["number"])
-    best = study.best_trial
+    confirmed = list(confirmed or [])
+    stage = "confirmation" if confirmed else "trials"
+    choice = sel.choose(confirmed or trials, req.select)
+    if choice["best"] is None:
+        raise UserError(f"tune {r0.strategy_cls.name}: no trial has a finite {req.select} "
+                        f"(see the trial runs under MLflow parent {parent})")
+    best = next(t for t in trials if t["number"] == choice["best"])
+    capped = sel.capped(best["params"], dists or {})
     result = {"strategy": r0.strategy_cls.name, "dataset": r0.dataset, "cache_key": key,
-              "cache": str(r0.cache.root), "metric": trials[0].get("metric", ""), "value": best.value,
-              "best_trial": best.number, "params": dict(best.params),
-              "overrides": {**overrides, **{k: text(v) for k, v in best.params.items()}},
+              "cache": str(r0.cache.root), "metric": best.get("metric", ""), "value": best["value"],
+              "select": req.select, "score": choice["score"], "score_se": choice["noise"],
+              "selection": {**choice, "stage": stage}, "indistinct": bool(choice["note"]), "note": choice["note"],
+              "capped": capped, "best_trial": best["number"], "params": dict(best["params"]),
+              "overrides": {**overrides, **{k: text(v) for k, v in best["params"].items()}},
               "budget": {"trials": req.budget, "max_steps_per_trial": cap,
-                         "steps_trained": int(sum(t.get("steps", 0) for t in trials)),
-                         "finished": len(done), "seeds": req.seeds},
+                         "steps_trained": int(sum(t.get("steps", 0) for t in trials + confirmed)),
+                         "finished": len(trials), "seeds": req.seeds,
+                         "confirm": {"trials": req.confirm, "seeds": confirm_seeds(req) if req.confirm else []}},
+              "replicate": req.replicate, "sampler_seed": req.sampler_seed,
+              "strategy_sampler_seed": sel.strategy_seed(req.sampler_seed, r0.strategy_cls.name),
+              "study": {"storage": str(study_storage_path(req.results_dir)), "name": study.study_name},
               "validation": r0.cache.validation.record, "space": space, "trials": trials,
-              "tuning_parent_run": parent}
+              "confirmation": confirmed, "tuning_parent_run": parent}
+    if failures is not None:
+        result["failed_trials"] = list(failures)
     paths = write_tuned(req.results_dir, req, result)
     result["files"] = [str(p) for p in paths]
-    tracker.log_metrics(parent, {"best_value": best.value, "steps_trained": result["budget"]["steps_trained"]})
-    tracker.log_params(parent, {f"best.{k}": v for k, v in best.params.items()})
+    tracker.log_metrics(parent, {"best_value": best["value"], "best_score": choice["score"],
+                                 "steps_trained": result["budget"]["steps_trained"]})
+    tracker.log_params(parent, {f"best.{k}": v for k, v in best["params"].items()})
+    tracker.client.set_tag(parent, "avbench.tune.indistinct", str(bool(choice["note"])).lower())
+    if capped:
+        tracker.client.set_tag(parent, "avbench.tune.capped", ",".join(sorted(capped)))
     tracker.log_json(parent, "tuned.json", result)
-    tracker.finish(parent)  # a rerun finds it again by its group and replays its trials
+    tracker.finish(parent)  # a rerun finds it again by its group and its study in the journal
     return result
 
 
-def run_trial(req: TuneRequest, strategy: str, overrides: dict[str, str], trial: Any, tracker: Tracker,
-              parent: str) -> dict[str, Any]:
-    """In this process (``--prune``): one trial, its validation curve reported into the study."""
-    record = trial_record(req, strategy, overrides, trial.number, dict(trial.params), tracker, parent,
-                          callback=_pruning_callback(trial) if req.prune else None)
-    if req.progress:
-        log.info("tune %s trial %d: val %s %.4f (%d steps) %s", strategy, trial.number, record["metric"],
-                 record["value"], record["steps"], {k: overrides[k] for k in trial.params})
-    return record
-
-
 def trial_job(req: TuneRequest, strategy: str, overrides: dict[str, str], number: int, params: dict[str, Any],
-              parent: str) -> dict[str, Any]:
+              parent: str, seeds: list[int] | None = None, kind: str = "trial") -> dict[str, Any]:
     """A job on the executor (module level, plain arguments, so it pickles): one trial, in a worker."""
-    return trial_record(req, strategy, overrides, number, params, Tracker(req.results_dir), parent)
+    return trial_record(req, strategy, overrides, number, params, Tracker(req.results_dir), parent,
+                        seeds=seeds, kind=kind)
+
+
+def _column_scores(fit: Any, metric: str, multilabel: bool) -> dict[str, float]:
+    """Validation accuracy, mAP and loss of the metric's column (``fusion`` for ``fusion/acc``)."""
+    import torch
+
+    col = metric.split("/")[0] if "/" in metric else next(iter(fit.final.logits))
+    logits, labels = fit.final.logits[col], fit.final.labels
+    loss = float(classification_loss(torch.from_numpy(np.asarray(logits, np.float32)),
+                                     torch.from_numpy(np.asarray(labels, np.float32)), multilabel))
+    return {"acc": float(fit.final.metrics[f"{col}/acc"]), "mAP": float(fit.final.metrics[f"{col}/mAP"]),
+            "loss": loss}
 
 
 def trial_record(req: TuneRequest, strategy: str, overrides: dict[str, str], number: int, params: dict[str, Any],
-                 tracker: Tracker, parent: str, callback: Any = None) -> dict[str, Any]:
-    """Train the trial's configuration on every tuning seed (the fit rows); score it on the validation split.
+                 tracker: Tracker, parent: str, callback: Any = None, seeds: list[int] | None = None,
+                 kind: str = "trial") -> dict[str, Any]:
+    """Train the trial's configuration on every seed (the fit rows); score it on the validation split.
 
-    The trial is an MLflow child of the tuning parent; it ends FAILED if training raises, KILLED if it
-    is interrupted (Ctrl-C, a cancelled job) or pruned."""
+    The run is an MLflow child of the tuning parent, tagged with the seeds it trained; it ends FAILED
+    if training raises, KILLED if it is interrupted (Ctrl-C, a cancelled job) or pruned."""
     import optuna
 
+    seeds = list(req.seeds if seeds is None else seeds)
     r = resolve(run_request(req, strategy, overrides))
     recipe = dataclasses.replace(r.recipe, eval_every_epoch=False, validation="holdout")
-    child = tracker.start_child(parent, number, f"{r.strategy_cls.name}-trial{number}",
-                                {**params, "trial": number}, {TAG_KIND: "trial"})
-    values, steps, curves, metric = [], 0, [], ""
+    seed_tag = ",".join(str(s) for s in seeds)
+    child = tracker.start_child(parent, seed_tag, f"{r.strategy_cls.name}-{kind}{number}",  # type: ignore[arg-type]
+                                {**full_params(dataclasses.replace(r, recipe=recipe)), **params, "trial": number,
+                                 "seeds": seed_tag, "select": req.select},
+                                {TAG_KIND: kind, TAG_TRIAL: str(number), TAG_STRATEGY: r.strategy_cls.name})
+    log_cache_input(tracker, child, r)
+    values, steps, curves, metric, clips = [], 0, [], "", 0
+    scores: dict[str, list[float]] = {"acc": [], "mAP": [], "loss": []}
     try:
-        for i, seed in enumerate(req.seeds):
+        for i, seed in enumerate(seeds):
             set_seed(seed)
             model = r.strategy_cls(r.strategy_cfg, r.cache.features, r.cache.task)
             engine = Engine(model, r.cache, recipe, seed=seed, device=req.device, progress=False,
@@ -176,9 +371,12 @@ def trial_record(req: TuneRequest, strategy: str, overrides: dict[str, str], num
             fit = engine.fit()
             metric = fit.validation.get("metric") or next(iter(fit.final.metrics))
             values.append(float(fit.final.metrics[metric]))
+            for k, v in _column_scores(fit, metric, r.cache.task.multilabel).items():
+                scores[k].append(v)
+            clips = int(len(fit.final.labels))
             steps += int(fit.validation.get("steps", 0))
             curves.append({"seed": seed, "converged": fit.validation.get("converged"),
-                           "curve": fit.validation.get("curve", [])})
+                           "status": fit.validation.get("status"), "curve": fit.validation.get("curve", [])})
     except (optuna.TrialPruned, KeyboardInterrupt):
         tracker.finish(child, "KILLED")
         raise
@@ -186,11 +384,17 @@ def trial_record(req: TuneRequest, strategy: str, overrides: dict[str, str], num
         tracker.finish(child, "FAILED")
         raise
     value = float(np.mean(values))
-    tracker.log_metrics(child, {f"val/{metric}": value, "steps": steps})
-    tracker.log_json(child, "trial.json", {"overrides": overrides, "values": values, "validation": curves})
+    record = {"value": value, "values": values, "metric": metric, "scores": scores, "seeds": seeds,
+              "val_clips": clips, "steps": steps, "run_id": child, "kind": kind,
+              "converged": all(c["converged"] is True for c in curves),
+              "status": [c["status"] for c in curves]}
+    col = metric.split("/")[0] if "/" in metric else metric
+    tracker.log_metrics(child, {f"val/{metric}": value, **{f"val/{col}/{k}": float(np.mean(v)) for k, v in scores.items()},
+                                f"score/{req.select}": sel.score(record, req.select), "steps": steps})
+    tracker.log_json(child, "trial.json", {"overrides": overrides, "values": values, "scores": scores,
+                                           "seeds": seeds, "validation": curves})
     tracker.finish(child)
-    return {"value": value, "values": values, "metric": metric, "steps": steps, "run_id": child,
-            "converged": all(c["converged"] for c in curves)}
+    return record
 
 
 def _pruning_callback(trial: Any) -> Any:
