@@ -25,7 +25,10 @@ on per-step vectors, so CMG's *audio* branch is the reference for both):
 * CLUB (``CLUBSample_group``): log-likelihood, the bound under ``club_form=cmg`` with the same
   permutation, and the estimator's parameters after 5 Adam steps;
 * Cross-CPC (``Cross_CPC``, 2 LSTM layers, 1 step) loss at the same anchor;
-* downstream decoder (``Semantic_Decoder``) logits.
+* downstream decoder (``Semantic_Decoder``) logits;
+* one whole pretraining loss composed from their modules as pretrain.py composes it, against
+  vq_codes' ``training_step`` (same weights, same random draws), and the gradient of every parameter
+  the main optimizer updates.
 """
 
 from __future__ import annotations
@@ -262,6 +265,86 @@ def run(src: Path, pydeps: str | None) -> list[tuple[str, str, float]]:
                                "event_classifier.bias": "classifier.bias"},
                   lambda: maxdiff(sd_t(code), sd_o(code)))
     rows.append(("downstream decoder", "logits [B,28]", d))
+    rows += full_pretraining_step(mm, CLUBSample_group, Cross_CPC)
+    return rows
+
+
+def full_pretraining_step(mm, CLUBSample_group, Cross_CPC) -> list[tuple[str, str, float]]:
+    """One whole pretraining loss, composed from their modules as pretrain.py composes it (recon +
+    commitment + MI + Cross-CPC + L_cmcm, weights 1; the CLUB estimators first take their 5 steps),
+    against vq_codes' ``training_step``, with the same weights and the same random draws; then the
+    gradient of every parameter the main optimizer updates. Eval mode on both sides (dropout masks
+    cannot be matched). Their Cross_CPC runs in float32 (its LSTM state is ``.float()``); the rest
+    in float64. Both modalities go through CMG's audio-style branch (see the module docstring)."""
+    from avbench.api import Batch
+
+    torch.manual_seed(1)
+    ours, cfg = avbench_model()
+    ours.begin_stage("pretrain")
+    ours.eval()
+    mods = ("audio", "video")
+    sem = {m: mm.InternalTemporalRelationModule(input_dim=A_DIM, d_model=W).double().eval() for m in mods}
+    spec = {m: mm.Audio_Encoder(A_DIM, W).double() for m in mods}
+    dec = {m: mm.Audio_Decoder(W, A_DIM, W).double() for m in mods}
+    club = {m: CLUBSample_group(x_dim=W, y_dim=W, hidden_size=2 * cfg.club_hidden).double() for m in mods}
+    quant = mm.Cross_VQEmbeddingEMA(M, W).double().eval()
+    cpc = Cross_CPC(W, hidden_dim=W, context_dim=W, num_layers=cfg.cpc_layers)
+    pairs = []  # (theirs, ours, keymap theirs -> ours)
+    for m in mods:
+        pairs += [(sem[m], ours.semantic[m], encoder_map(2)),
+                  (spec[m], ours.specific[m], {"audio_linear.weight": "0.weight", "audio_linear.bias": "0.bias"}),
+                  (dec[m], ours.recon[m], {"audio_linear.weight": "code.weight", "audio_linear.bias": "code.bias",
+                                           "audio_rec.weight": "out.weight", "audio_rec.bias": "out.bias"}),
+                  (club[m], ours.club[m], {k: k for k in club[m].state_dict()})]
+    km = {}
+    for theirs_name, idx in (("audio_ar_lstm", 0), ("video_ar_lstm", 1), ("audio_predictors", 0),
+                             ("video_predictors", 1)):
+        kind = "lstms" if "lstm" in theirs_name else "predictors"
+        km.update({k: f"{kind}.{idx}." + k[len(theirs_name) + 1:] for k in cpc.state_dict()
+                   if k.startswith(theirs_name + ".")})
+    pairs.append((cpc, ours.cpc, km))
+    for theirs, mine, keymap in pairs:  # avbench's weights into theirs
+        copy_params(theirs, mine, {v: k for k, v in keymap.items()})
+    with torch.no_grad():
+        quant.embedding.copy_(ours.codebook.embedding)
+    x = {m: torch.randn(B, T, A_DIM, dtype=torch.float64) for m in mods}
+    labels = torch.nn.functional.one_hot(torch.arange(B) % C, C).double()
+
+    torch.manual_seed(7)
+    out = ours.training_step(Batch(audio=x["audio"], video=x["video"], targets=labels, labels=labels), 0)
+    loss_o = out["loss"]
+
+    torch.manual_seed(7)
+    z = {m: sem[m](x[m].transpose(0, 1)).transpose(0, 1) for m in mods}
+    e = {m: spec[m](x[m]) for m in mods}
+    qa, qv, a_loss, v_loss, _, _, cmcm, _ = quant(z["audio"], z["video"], 0)
+    q = {"audio": qa, "video": qv}
+    opts = {m: torch.optim.Adam(club[m].parameters(), lr=cfg.club_lr) for m in mods}
+    for _ in range(cfg.club_updates):  # mi_first_forward
+        for m in mods:
+            opts[m].zero_grad()
+            (-club[m].loglikeli(q[m].detach(), e[m].detach())).backward()
+            opts[m].step()
+    # mi_second_forward; drawn audio then video as vq_codes does, so the permutations are the same
+    # draws (pretrain.py draws video's first: the order of two random permutations, not arithmetic)
+    mi = {m: club[m].mi_est(q[m], e[m]) for m in mods}
+    nce = cpc(z["video"].float(), z["audio"].float())[-1]
+    recon = {m: torch.nn.functional.mse_loss(dec[m](e[m], q[m]), x[m]) for m in mods}
+    loss_t = recon["audio"] + recon["video"] + a_loss + v_loss + mi["audio"] + mi["video"] + nce + cmcm
+
+    rows = [("full pretraining step", f"total loss ({float(loss_o):.4f})", abs(float(loss_t - loss_o)))]
+    main = [(t, o, k) for t, o, k in pairs if not isinstance(t, CLUBSample_group)]
+    params_t = [dict(t.named_parameters())[k] for t, o, keymap in main for k in keymap]
+    params_o = [dict(o.named_parameters())[keymap[k]] for t, o, keymap in main for k in keymap]
+    g_t = torch.autograd.grad(loss_t, params_t, allow_unused=True)
+    g_o = torch.autograd.grad(loss_o, params_o, allow_unused=True)
+    worst = 0.0
+    for a, b in zip(g_t, g_o):
+        if (a is None) != (b is None):
+            return rows + [("full pretraining step", "gradients (one side has none)", float("inf"))]
+        if a is not None:
+            worst = max(worst, maxdiff(a, b))
+    rows.append(("full pretraining step", f"gradients of {len(params_t)} main-optimizer tensors", worst))
     return rows
 
 
