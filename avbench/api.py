@@ -16,7 +16,10 @@ Conventions every strategy can rely on:
 
 from __future__ import annotations
 
+import abc
 import dataclasses
+import inspect
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator, Mapping
 
@@ -132,13 +135,16 @@ class NoConfig:
     """Config for strategies with nothing to configure."""
 
 
-class Strategy(nn.Module):
+class Strategy(nn.Module, metaclass=abc.ABCMeta):
     """Base class of every fusion strategy.
 
     Subclasses set ``name``, ``Config`` (a dataclass whose every field is settable with
-    ``--set key=value``) and ``capabilities``, and implement ``training_step`` and ``predict``.
-    Multi-stage strategies list their ``stages``; the engine calls ``begin_stage`` before each and
-    builds a fresh optimizer over the parameters that still require gradients.
+    ``--set key=value``) and ``capabilities``, and implement ``training_step`` and ``predict`` (the
+    two abstract methods: a class missing one is refused when the registry loads it, before any run
+    exists; ``check_contract`` says which). Multi-stage strategies list their ``stages``; the engine
+    calls ``begin_stage`` before each and builds a fresh optimizer over the parameters that still
+    require gradients. ``avbench check-strategy NAME`` (``avbench.testing.check_strategy``) runs the
+    whole contract on tiny data; docs/plugins.md states every rule.
     """
 
     name: ClassVar[str] = ""
@@ -180,9 +186,13 @@ class Strategy(nn.Module):
         """Raise ``avbench.errors.UserError`` naming the problem when the cache cannot feed this model."""
 
     # --- training -----------------------------------------------------------------------------
+    @abc.abstractmethod
     def training_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
-        """Return ``{"loss": scalar, ...}``; extra scalar entries are logged as training diagnostics."""
-        raise NotImplementedError
+        """Return ``{"loss": scalar, ...}``; extra scalar entries are logged as training diagnostics.
+
+        Called in train mode under the recipe's autocast; the engine does backward, clipping and the
+        optimizer step. ``step`` counts optimizer steps of the whole run from 0, across stages (it does
+        not restart per epoch or stage). ``batch.onsets`` may be set (caches with onsets) or None."""
 
     def begin_stage(self, stage: str) -> None:
         """Prepare for a training stage (freeze an encoder, add a head). Default: remember the name."""
@@ -210,9 +220,14 @@ class Strategy(nn.Module):
         return {}
 
     # --- inference ----------------------------------------------------------------------------
+    @abc.abstractmethod
     def predict(self, audio: Tensor | None, video: Tensor | None) -> Tensor:
-        """Logits ``[B, C]`` from whichever modalities are given."""
-        raise NotImplementedError
+        """Logits ``[B, C]`` from whichever modalities are given (None: not given).
+
+        The harness calls it in eval mode, under ``torch.no_grad()`` and the recipe's autocast, once
+        per evaluation column the strategy declares (audio only, video only, both). A column it does
+        not declare must be refused (raise), never answered with made-up logits. With
+        ``capabilities.onsets`` it is also passed ``onsets=[B, T] bool``."""
 
     def head_logits(self, audio: Tensor | None, video: Tensor | None) -> dict[str, Tensor]:
         """Named per-head logits for analyses (``capabilities.heads``)."""
@@ -238,6 +253,43 @@ class Strategy(nn.Module):
 
     def loss_fn(self, logits: Tensor, targets: Tensor) -> Tensor:
         return classification_loss(logits, targets, self.task.multilabel)
+
+
+_COMMENT = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.+)$")
+
+
+def field_comments(config_cls: type) -> dict[str, str]:
+    """``name: int = 3  # what it is`` -> ``{"name": "what it is"}``, read from the class source: the
+    inline comments ``avbench show`` prints as each field's help ({} when the source is unavailable)."""
+    try:
+        src = inspect.getsource(config_cls)
+    except (OSError, TypeError):
+        return {}
+    out = {}
+    for line in src.splitlines():
+        m = _COMMENT.match(line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def contract_problem(cls: type) -> str | None:
+    """What makes ``cls`` unusable as a strategy, in one sentence, or None. Checked when the registry
+    loads a strategy, so a broken plugin fails before anything is trained or logged."""
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        return f"{where} is not an avbench.api.Strategy subclass"
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    if missing:
+        return (f"strategy class {where} does not implement {', '.join(missing)} "
+                f"(required by avbench.api.Strategy; see docs/plugins.md)")
+    if not cls.name:
+        return f"strategy class {where} sets no name"
+    if not dataclasses.is_dataclass(cls.Config):
+        return f"strategy class {where}: Config must be a dataclass, got {cls.Config!r}"
+    if not isinstance(cls.capabilities, Capabilities):
+        return f"strategy class {where}: capabilities must be an avbench.api.Capabilities"
+    return None
 
 
 def classification_loss(logits: Tensor, targets: Tensor, multilabel: bool) -> Tensor:

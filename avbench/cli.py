@@ -1,8 +1,11 @@
 """The ``avbench`` command line: thin wrappers that parse, call the library, and print.
 
 Each subcommand lives in ``avbench/commands/<name>.py`` and exposes ``add_parser(subparsers)``, which
-registers its parser and sets ``func``. Command modules import heavy libraries (torch, mlflow) inside
-their handlers so ``avbench --help`` and ``avbench list`` start fast.
+registers its parser and sets ``func``. Command modules import heavy libraries (torch, sklearn,
+mlflow) and avbench's computing modules inside their handlers, so building the parser imports none
+of them: ``avbench --help``, ``--version`` and ``avbench list`` start without torch
+(tests/test_cli_startup.py checks it). Every command in ``COMMANDS`` must exist: a missing module
+is an error, never a command silently left out of the parser.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
             module = importlib.import_module(f"avbench.commands.{name}")
         except ModuleNotFoundError as e:
             if e.name == f"avbench.commands.{name}":
-                continue  # a command not built yet
+                raise ImportError(f"avbench command '{name}' has no module avbench/commands/{name.replace('-', '_')}.py "
+                                  f"(a broken installation?)") from e
             raise
         module.add_parser(sub)
     log.add_arguments(parser, sub.choices)  # -v/-q/--progress before or after the command
@@ -47,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"avbench: error: {e}", file=sys.stderr)
         return 2
     log.configure(args)
-    from avbench.hardware import configure_threads
+    if getattr(args, "computes", True):  # `avbench list` and the like set computes=False: no torch for them
+        from avbench.hardware import configure_threads  # imports torch
 
-    configure_threads()  # the cores this process may use (affinity, cgroup quota, OMP_NUM_THREADS), never more
+        configure_threads()  # the cores this process may use (affinity, cgroup quota, OMP_NUM_THREADS), never more
     try:
         rc = args.func(args)
     except UserError as e:

@@ -209,7 +209,7 @@ def _bench(req: BenchRequest, res: Any, source: dict[str, Any]) -> dict[str, Any
     precisions = sorted({recipe.amp, "fp32"})
     rates = {p: {"before": matmul_rate(device, p, req.peak_sizes, req.peak_seconds)} for p in precisions}
     # On a shared CPU the rate is also sampled between timed rounds (GPUs are not time-shared).
-    probe = None if cuda else RateProbe(device, precisions, req.peak_sizes)
+    probe = None if cuda else RateProbe(device, precisions, req.peak_sizes, seconds=req.peak_seconds)
 
     out: dict[str, Any] = {
         "strategy": strategy.name, "strategy_target": req.strategy, "stage": stage,

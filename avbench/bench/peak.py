@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from avbench.bench.timing import synchronize
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -34,8 +36,6 @@ def matmul_rate(device: torch.device | str, precision: str, sizes: tuple[int, ..
                 min_seconds: float = 0.25, windows: int = 3) -> float:
     """Best FLOP/s of n x n @ n x n matmuls in ``precision`` (bf16, fp16, fp32) over ``sizes``; each
     size is timed in ``windows`` windows of at least ``min_seconds`` (sustained, not one burst)."""
-    from avbench.bench.timing import synchronize
-
     device = torch.device(device)
     if sizes is None:
         sizes = default_sizes(device)
@@ -65,24 +65,35 @@ class RateProbe:
     """A short matmul-rate sample per precision, taken between timed rounds on a shared CPU.
 
     The MFU denominator is then the median rate seen while the model was being timed, not a rate from
-    a quieter (or busier) moment before or after. Each sample: the best over the sizes of a few
-    back-to-back matmuls (at least ~30 ms each way).
+    a quieter (or busier) moment before or after. Each sample: the best over the sizes of two timings
+    of back-to-back matmuls, each about 2 GFLOP (a few ms at the peak) and at most ``seconds``
+    (``avbench bench --peak-seconds``), so a short ``--peak-seconds`` keeps the probes short too.
     """
 
-    def __init__(self, device: torch.device | str, precisions: list[str], sizes: tuple[int, ...] | None = None):
+    def __init__(self, device: torch.device | str, precisions: list[str], sizes: tuple[int, ...] | None = None,
+                 seconds: float = 0.25):
         self.device = torch.device(device)
         self.sizes = tuple(sizes or default_sizes(self.device))
+        self.seconds = seconds
         self.mats = {p: [(n, *_operands(self.device, p, n, seed=1)) for n in self.sizes] for p in precisions}
         self.samples: dict[str, list[float]] = {p: [] for p in precisions}
+        self.reps = {p: [self._reps(n, a, b) for n, a, b in mats] for p, mats in self.mats.items()}
+
+    def _reps(self, n: int, a: torch.Tensor, b: torch.Tensor) -> int:
+        """Matmuls per timing: ~2 GFLOP, but no more than fit in ``seconds`` (one warm-up, one timed)."""
+        torch.mm(a, b)
+        synchronize(self.device)
+        t = time.perf_counter()
+        torch.mm(a, b)
+        synchronize(self.device)
+        one = max(time.perf_counter() - t, 1e-9)
+        return max(1, min(int(2e9 / (2.0 * n ** 3)), int(self.seconds / one)))
 
     def sample(self) -> None:
-        from avbench.bench.timing import synchronize
-
         for p, mats in self.mats.items():
             best = 0.0
-            for n, a, b in mats:
+            for (n, a, b), reps in zip(mats, self.reps[p]):
                 flops = 2.0 * n ** 3
-                reps = max(2, int(2e9 / flops))  # ~2 GFLOP per timing: a few ms even at the peak
                 for _ in range(2):
                     synchronize(self.device)
                     t = time.perf_counter()

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 
+# The analyses by name, for the help only (avbench.analysis.driver.WHATS is the list; importing it here
+# would load torch and the tracking stack for every ``avbench --help``; tests/test_cli_startup.py keeps
+# the two equal).
+WHAT_HELP = "probe, retrieval, attention, tsne, robustness, event-types"
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from avbench.analysis.driver import WHATS
-
     p = sub.add_parser("analyze", help="probe, retrieval, attention, t-SNE, robustness, event types of runs",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
@@ -23,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", help="with --dataset: only these strategies (comma-separated)")
     p.add_argument("--sweep-points", choices=["include", "exclude", "only"], default="include",
                    help="with --dataset: include, exclude or take only the rows created by avbench sweep")
-    p.add_argument("--what", required=True, help=f"comma-separated: {', '.join(WHATS)}, or all")
+    p.add_argument("--what", required=True, help=f"comma-separated: {WHAT_HELP}, or all")
     p.add_argument("--results-dir", default="results")
     p.add_argument("--baseline", default="late_fusion",
                    help="robustness baseline: a run id, or a strategy with a run on the same cache "

@@ -53,7 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--norm-clips", type=int, default=2000, help="at most this many clips for --compute-norm")
     r = p.add_argument_group("run")
     r.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)")
-    r.add_argument("--workers", type=int, default=_default_workers(), help="decoding worker processes")
+    r.add_argument("--workers", type=int, default=None,
+                   help="decoding worker processes (default: half the usable cores, at most 8)")
     r.add_argument("--batch-size", type=int, default=4, help="clips per model batch")
     r.add_argument("--threads", type=int, help="torch threads for the models on CPU (default: the cores left "
                                                "after the workers, divided among torchrun's local ranks)")
@@ -68,6 +69,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from avbench.paths import cache_root
     from avbench.registry import load_dataset
 
+    if args.workers is None:  # the default needs the machine's cores: found here, not when the parser is built
+        args.workers = _default_workers()
     card = load_dataset(args.dataset)
     if not isinstance(card, MediaCard):
         raise UserError(f"dataset '{args.dataset}' is not extracted from media (it has no label-file adapter)")

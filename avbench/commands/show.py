@@ -38,29 +38,13 @@ def _type_name(t) -> str:
     return str(t).replace("typing.", "")
 
 
-def _field_comments(cls: type) -> dict[str, str]:
-    """``name: int = 3  # what it is`` -> {"name": "what it is"}, read from the class source."""
-    import inspect
-    import re
-
-    try:
-        src = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    out = {}
-    for line in src.splitlines():
-        m = re.match(r"^\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
-        if m:
-            out[m.group(1)] = m.group(2).strip()
-    return out
-
-
 def describe(strategy: str, dataset: str | None = None, preset: str | None = None) -> dict:
     """Everything ``show`` prints, as plain data."""
     import dataclasses
 
     from avbench import config as cfgmod
     from avbench import registry
+    from avbench.api import field_comments
 
     cls = registry.load_strategy(strategy)
     card = registry.load_dataset(dataset) if dataset else None
@@ -71,7 +55,7 @@ def describe(strategy: str, dataset: str | None = None, preset: str | None = Non
     preset_over = registry.preset(cls, preset) if preset else {}
     effective = cfgmod.apply_overrides(defaults, card_over, where="the card")
     effective = cfgmod.apply_overrides(effective, preset_over, where=f"preset '{preset}'")
-    comments = _field_comments(cls.Config)
+    comments = field_comments(cls.Config)  # the inline ``# comments`` of the Config source
     fields = [{"name": n, "type": _type_name(types[n]), "default": getattr(defaults, n),
                "card": card_over.get(n), "preset": preset_over.get(n), "value": getattr(effective, n),
                "help": comments.get(n, "")} for n in names]

@@ -11,28 +11,36 @@ The package, by concern (each module imports only those before it):
 * ``executor``: trials as jobs on the executor, each strategy's study sequential;
 * ``driver``: ``tune``, which checks everything, then tunes every strategy.
 
-The names below are the package's public interface.
+The names below are the package's public interface. They load on first use (PEP 562), so importing
+one light module (``avbench.tune.select``, which ``avbench tune --help`` reads) does not import the
+engine and torch through this ``__init__``.
 """
 
-from avbench.api import default_space
-from avbench.tune.driver import check_request, tune
-from avbench.tune.select import SELECT, choose, strategy_seed
-from avbench.tune.space import FIXED, STEPS_KEY, TYPES, distributions, load_space_file, step_cap, suggest
-from avbench.tune.store import apply_tuned, replicate_file, tuned_dir, tuned_file, write_tuned
-from avbench.tune.study import (
-                                TuneRequest,
-                                conclude,
-                                confirm_seeds,
-                                new_study,
-                                run_request,
-                                storage,
-                                trial_job,
-                                trial_record,
-                                tune_one,
-                                tuning_parent,
-)
+from __future__ import annotations
 
-__all__ = ["FIXED", "SELECT", "STEPS_KEY", "TYPES", "TuneRequest", "apply_tuned", "check_request", "choose",
-           "conclude", "confirm_seeds", "default_space", "distributions", "load_space_file", "new_study",
-           "replicate_file", "run_request", "step_cap", "storage", "strategy_seed", "suggest", "trial_job",
-           "trial_record", "tune", "tune_one", "tuned_dir", "tuned_file", "tuning_parent", "write_tuned"]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "default_space": "avbench.api",
+    "check_request": "avbench.tune.driver", "tune": "avbench.tune.driver",
+    "SELECT": "avbench.tune.select", "choose": "avbench.tune.select", "strategy_seed": "avbench.tune.select",
+    **dict.fromkeys(("FIXED", "STEPS_KEY", "TYPES", "distributions", "load_space_file", "step_cap", "suggest"),
+                    "avbench.tune.space"),
+    **dict.fromkeys(("apply_tuned", "replicate_file", "tuned_dir", "tuned_file", "write_tuned"), "avbench.tune.store"),
+    **dict.fromkeys(("TuneRequest", "conclude", "confirm_seeds", "new_study", "run_request", "storage", "trial_job",
+                     "trial_record", "tune_one", "tuning_parent"), "avbench.tune.study"),
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'avbench.tune' has no attribute '{name}'")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value  # found once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

@@ -1,0 +1,66 @@
+"""``avbench --help``, ``--version`` and ``avbench list`` start without torch or sklearn.
+
+Building the parser imports every command module (avbench/cli.py), so a command that imports a heavy
+library at module level, or calls into one to compute a default, slows every invocation (it once
+cost ~3.8 s of CPU for ``--help``). Each case runs in a fresh interpreter and reads ``sys.modules``
+afterwards: what was imported, not how long it took (tests never time anything).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "sklearn", "scipy", "pandas", "mlflow", "optuna", "ray")
+
+PROBE = """
+import contextlib, io, json, sys
+from avbench.cli import build_parser, main
+argv = json.loads(sys.argv[1])
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    try:
+        rc = main(argv) if argv is not None else (build_parser(), 0)[1]
+    except SystemExit as e:  # --help and --version exit from argparse
+        rc = e.code
+print(json.dumps({"rc": rc, "out": out.getvalue(), "heavy": [m for m in json.loads(sys.argv[2]) if m in sys.modules]}))
+"""
+
+
+def _probe(argv: list[str] | None) -> dict:
+    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argv), json.dumps(HEAVY)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("argv", [None, ["--help"], ["--version"], ["list"], ["list", "strategies"],
+                                  ["run", "--help"], ["analyze", "--help"], ["extract", "--help"]],
+                         ids=lambda a: "build_parser" if a is None else " ".join(a))
+def test_the_parser_help_version_and_list_import_no_heavy_library(argv):
+    res = _probe(argv)
+    assert res["rc"] == 0
+    assert res["heavy"] == [], f"avbench {' '.join(argv or [])} imported {res['heavy']}"
+    if argv == ["--version"]:
+        assert res["out"].startswith("avbench ")
+    if argv == ["list"]:
+        assert "uavm" in res["out"] and "synth" in res["out"]
+
+
+def test_the_analyses_named_in_help_are_the_driver_s():
+    """analyze's help names the analyses without importing the driver; the two lists stay equal."""
+    from avbench.analysis.driver import WHATS
+    from avbench.commands.analyze import WHAT_HELP
+
+    assert tuple(WHAT_HELP.split(", ")) == WHATS
+
+
+def test_a_command_whose_module_is_missing_is_an_error(monkeypatch):
+    from avbench import cli
+
+    monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, "no_such_command"))
+    with pytest.raises(ImportError, match="no_such_command"):
+        cli.build_parser()
