@@ -49,6 +49,22 @@ def trial_sampler_seed(strategy_seed_: int, number: int) -> int:
     return stable_seed("trial", strategy_seed_, number)
 
 
+def validation_scores(logits: Any, labels: Any, multilabel: bool) -> dict[str, float]:
+    """Accuracy, mAP and loss of one column's logits on the validation rows: what a trial records per
+    seed. The loss is the training objective's own form (``avbench.api.classification_loss``:
+    soft-target cross-entropy, BCE for multilabel) on the raw logits."""
+    import torch
+
+    from avbench.api import classification_loss
+    from avbench.metrics.classification import classification_metrics
+
+    logits = np.asarray(logits, np.float32)
+    labels = np.asarray(labels, np.float32)
+    m = classification_metrics(logits, labels)
+    loss = float(classification_loss(torch.from_numpy(logits), torch.from_numpy(labels), multilabel))
+    return {"acc": float(m["acc"]), "mAP": float(m["mAP"]), "loss": loss}
+
+
 def check_select(name: str) -> str:
     from avbench.errors import UserError
 

@@ -31,7 +31,6 @@ import numpy as np
 
 import avbench.tune.select as sel
 from avbench import config as cfgmod
-from avbench.api import classification_loss
 from avbench.errors import UserError
 from avbench.resolve import Resolved, RunRequest, resolve
 from avbench.tracking import TAG_KIND, TAG_STRATEGY, Tracker
@@ -330,14 +329,8 @@ def trial_job(req: TuneRequest, strategy: str, overrides: dict[str, str], number
 
 def _column_scores(fit: Any, metric: str, multilabel: bool) -> dict[str, float]:
     """Validation accuracy, mAP and loss of the metric's column (``fusion`` for ``fusion/acc``)."""
-    import torch
-
     col = metric.split("/")[0] if "/" in metric else next(iter(fit.final.logits))
-    logits, labels = fit.final.logits[col], fit.final.labels
-    loss = float(classification_loss(torch.from_numpy(np.asarray(logits, np.float32)),
-                                     torch.from_numpy(np.asarray(labels, np.float32)), multilabel))
-    return {"acc": float(fit.final.metrics[f"{col}/acc"]), "mAP": float(fit.final.metrics[f"{col}/mAP"]),
-            "loss": loss}
+    return sel.validation_scores(fit.final.logits[col], fit.final.labels, multilabel)
 
 
 def trial_record(req: TuneRequest, strategy: str, overrides: dict[str, str], number: int, params: dict[str, Any],
