@@ -77,7 +77,12 @@ def log_final(tracker: Tracker, group: GroupRecord, rec: SeedRecord, child: str)
     data = rec.data
     if data.get("final_logged"):
         return
-    tracker.log_metrics(child, data.get("metrics", {}), step=len(rec.history))
+    # One value per metric: the last epoch's row already holds the final test metrics (the engine
+    # evaluates the test split at the last epoch), so only the rest (throughput, converged, ...) is
+    # logged here, at that epoch's step.
+    last = rec.history[-1] if rec.history else {}
+    final = {k: v for k, v in data.get("metrics", {}).items() if k not in last}
+    tracker.log_metrics(child, final, step=int(last.get("epoch", 0)))
     have = {a.path for a in tracker.client.list_artifacts(child)}
     for path in rec.artifacts():
         if path.name not in have:

@@ -49,6 +49,7 @@ from avbench.tracking import (
     TAG_PROTOCOL,
     TAG_STRATEGY,
     TAG_SWEEP_PREFIX,
+    TAG_TEST_EVERY_EPOCH,
     Resilient,
     Tracker,
     metric_name,
@@ -110,6 +111,8 @@ def make_plan(req: RunRequest, r: Resolved) -> Plan:
         params.update({f"data.{k}": v for k, v in dataclasses.asdict(r.knobs).items()})
     params.update({"recipe": req.recipe_name, **({"init_from": req.init_from} if req.init_from else {})})
     tags = {TAG_STRATEGY: r.strategy_cls.name, TAG_PROTOCOL: req.protocol, **req.extra_tags}
+    if recipe_dict.get("eval_every_epoch"):  # the test split was read during training: say so on the run
+        tags[TAG_TEST_EVERY_EPOCH] = "true"
     run_config = config_file.resolved_run_config(req, r)  # written beside every result (config.yaml)
     name = req.run_name or sweep_run_name(req.extra_tags, r.strategy_cls.name) or r.strategy_cls.name
     return Plan(name, group, primary, params, tags, cfg_dict, recipe_dict, run_config)

@@ -49,6 +49,7 @@ TAG_PROTOCOL = "avbench.protocol"  # "standard" or "cross-modal"
 TAG_CREATED_BY = "avbench.created_by"  # "sweep:<name>" on a sweep's parents
 TAG_SWEEP_PREFIX = "avbench.sweep."  # + sweep name: that sweep's point (JSON) on a parent
 TAG_TUNED = "avbench.tuned"  # the tuned.json a run started from (run --tuned)
+TAG_TEST_EVERY_EPOCH = "avbench.test_every_epoch"  # "true": the test split was read after every epoch
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the classic ML layout in the UI
 
 # Every HTTP call to a tracking server: at most HTTP_RETRIES retries of HTTP_TIMEOUT_S each (with a

@@ -91,3 +91,17 @@ def test_sweep_parents_are_named_after_the_sweep():
     tags = {"avbench.created_by": "sweep:depth", "avbench.sweep.depth": '{"point": {"n_shared": "2"}, "x": "n_shared"}'}
     assert sweep_run_name(tags, "uavm") == "depth: uavm n_shared=2"
     assert sweep_run_name({}, "uavm") is None
+
+
+def test_the_test_split_is_read_once_unless_asked_and_then_the_run_says_so(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    once, every = tmp_path / "once", tmp_path / "every"
+    assert main(run_args("late_fusion", once, epochs=2, model_sets=())) == 0
+    assert main(run_args("late_fusion", every, "--set", "train.eval_every_epoch=true", epochs=2, model_sets=())) == 0
+    for res, n, tagged in ((once, 1, False), (every, 2, True)):
+        tr, runs = _runs(res)
+        child = next(r for r in runs if r.data.tags.get("avbench.kind") == "seed")
+        parent = next(r for r in runs if r.data.tags.get("avbench.kind") == "parent")
+        history = tr.client.get_metric_history(child.info.run_id, "fusion/acc")
+        assert len({m.step for m in history}) == n  # one test evaluation, or one per epoch
+        assert (parent.data.tags.get("avbench.test_every_epoch") == "true") is tagged
