@@ -226,28 +226,17 @@ class EventLayersConfig:
     project: bool = True  # learned per-modality Linear to embed_dim; false needs equal widths
     topk_fraction: float = in_range(0.1, "(0, 1]")  # k = round(fraction * T), at least 1 (paper: k = 10 of T = 100)
     topk: int | None = in_range(None, "[1, inf)")  # absolute k; overrides topk_fraction
-    # Paper 003 sec. 4.2, two readings (module docstring): plurality (its formula) or > half majority;
-    # both fall back to the most confident layer.
-    vote_rule: Literal["plurality", "majority"] = "plurality"
-    # plurality only, a shared top count: the most confident head of all (the paper's sentence) or
-    # of those voting for a tied class.
-    vote_tie_break: Literal["all", "tied"] = "all"
-    # what predict returns: mean probability with the winner lifted (top-5/mAP on probabilities),
-    # or vote counts + 0.25 * mean probability (the earlier score)
-    vote_output: Literal["probability", "counts"] = "probability"
-    # Does the onset head vote for a clip without onsets? Its fallback pool is the continuous
-    # head's evidence again (not in the paper, which does not say); false: it does not.
-    fallback_votes: bool = False
+    vote_rule: Literal["plurality", "majority"] = "plurality"  # paper 003 sec. 4.2's two readings (docstring)
+    vote_tie_break: Literal["all", "tied"] = "all"  # plurality tie: most confident head of all, or of the tied voters
+    vote_output: Literal["probability", "counts"] = "probability"  # predict: mean prob, winner lifted; or vote counts
+    fallback_votes: bool = False  # does the onset head vote for a clip without onsets (not in the paper)?
     predict_mode: Literal["auto", "vote", "mean"] = "auto"  # auto: vote (single-label), mean (multilabel)
     # Not in the paper (0 = off): a clip-level audio-visual InfoNCE on the mean projected features,
     # weighted into the loss, so that v_t . a_t measures correspondence (see module docstring).
     align_weight: float = in_range(0.0, "[0, inf)")
     align_temperature: float = in_range(0.1, "(0, inf)")
-    # visual/audio head init bound: "concat" 1/sqrt(2D), the paper's FC over concat(v, 0); "width" 1/sqrt(D)
-    unimodal_head_init: Literal["concat", "width"] = "concat"
-    # audio-only / video-only columns: the joint model's heads, or two separately trained
-    # single-modality models (projection, mean pool, FC), the paper's Table 1 baselines
-    unimodal: Literal["joint", "separate"] = "joint"
+    unimodal_head_init: Literal["concat", "width"] = "concat"  # A/V heads: 1/sqrt(2D) as the paper's FC, or 1/sqrt(D)
+    unimodal: Literal["joint", "separate"] = "joint"  # A/V-only columns: the joint model's heads, or separate models
 
 
 class EventLayers(Strategy):

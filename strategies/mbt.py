@@ -79,16 +79,11 @@ class MBTConfig:
     num_heads: int | None = None  # None: embed_dim // 64 (ViT-Base's head width)
     mlp_ratio: float = in_range(4.0, "(0, inf)")
     qkv_bias: bool = True  # Scenic/flax attention uses biases
-    # LayerNorm(eps 1e-6) on each modality's frozen features before the patch embedding (see docstring)
-    input_norm: bool = True
-    # final LayerNorm: "shared" is Scenic's one encoder_norm over the concatenated tokens; "per_modality" one each
-    encoder_norm: Literal["per_modality", "shared"] = "per_modality"
-    # "gap": mean over tokens (Scenic's config); "token": a CLS token per modality, logits averaged (paper Fig. 2)
-    classifier: Literal["gap", "token"] = "gap"
-    # audio-only / video-only columns: false is Scenic's single-modality path (no bottlenecks, model.py:339)
-    unimodal_bottlenecks: bool = False
-    # Scenic's layer drop: rate rising linearly to this at the last layer, no rescaling; Scenic's config 0.3
-    stochastic_depth: float = in_range(0.0, "[0, 1)")
+    input_norm: bool = True  # LayerNorm(eps 1e-6) on each modality's features before the patch embedding; not in Scenic
+    encoder_norm: Literal["per_modality", "shared"] = "per_modality"  # final norm; Scenic: shared (one over all tokens)
+    classifier: Literal["gap", "token"] = "gap"  # Scenic's config: gap; token = CLS per modality (paper Fig. 2)
+    unimodal_bottlenecks: bool = False  # A/V-only columns with bottlenecks; Scenic (false): none, model.py:339
+    stochastic_depth: float = in_range(0.0, "[0, 1)")  # layer drop at the last layer, linear from 0; Scenic 0.3
     block_ln_eps: float = in_range(1e-5, "(0, 1)")  # the blocks' LayerNorm eps: PyTorch 1e-5, flax (Scenic) 1e-6
     gelu: Literal["exact", "tanh"] = "exact"  # "tanh": flax's nn.gelu (approximate), Scenic's
     init: Literal["trunc_normal", "xavier"] = "trunc_normal"  # "xavier": Scenic's kernel init (docstring)
