@@ -11,8 +11,17 @@ Every point runs with ``skip_finished``: a seed with a finished child run is not
 rerun of the same command resumes an interrupted sweep. A point that fails (a bad value, a crash) is
 recorded and the sweep goes on; failures are listed at the end.
 
-Parents are tagged ``avbench.sweep.<name>`` with the point (JSON), so ``avbench report`` can plot a
-metric against the swept parameter; parents the sweep creates also get ``avbench.created_by``.
+Parents the sweep creates are tagged ``avbench.sweep.<name>`` with the point (JSON), so ``avbench
+report`` can plot a metric against the swept parameter, and ``avbench.created_by``. A sweep never
+modifies a run it did not create: a point whose parent already existed (a plain ``avbench run`` of the
+same configuration, another sweep's) and whose seeds are all finished is only read, and its point is
+recorded on the sweep's own record run (``avbench.kind=sweep``, tag ``avbench.sweep_member.<parent
+id>``), which the report reads like the parent tag. Seeds that still have to run join that parent (its
+aggregates then change, as with ``avbench run --seeds``).
+
+Values are separated by ``,`` (tuples by ``;``); a value that contains either is quoted inside the
+argument, ``--grid 'data.event_mix="continuous:2,audio_only:1","continuous:1"'``, or the separator
+escaped with a backslash (``continuous:2\\,audio_only:1``).
 
 A sweep without axes (no ``--grid``) runs each strategy's configuration once per seed on the executor,
 and its records are exactly those of ``avbench run`` (no sweep tags, the same run names), so they are
@@ -28,10 +37,12 @@ import itertools
 import json
 import math
 import operator
+import os
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from avbench.errors import UserError
@@ -39,6 +50,9 @@ from avbench.executor.base import describe_error
 
 TAG_SWEEP_PREFIX = "avbench.sweep."
 TAG_CREATED_BY = "avbench.created_by"
+TAG_KIND = "avbench.kind"  # tracking.TAG_KIND; a sweep's record run is of kind "sweep"
+TAG_SWEEP_NAME = "avbench.sweep_name"  # on the record run: the sweep's name
+TAG_MEMBER_PREFIX = "avbench.sweep_member."  # on the record run: + a parent's run id -> its point (JSON)
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.\-]+$")  # MLflow tag-key characters
 
 
@@ -97,11 +111,11 @@ def parse_axis(text: str) -> Axis:
     if len(set(keys)) != len(keys):
         raise UserError(f"--grid '{text}': a key appears twice")
     if len(keys) == 1:
-        values = tuple((v.strip(),) for v in rhs.split(",") if v.strip() != "")
+        values = tuple((v,) for v in split_values(rhs, ",", text) if v != "")
     else:
         values = []
-        for part in [p for p in rhs.split(";") if p.strip() != ""]:
-            tup = tuple(v.strip() for v in part.split(","))
+        for part in [p for p in split_values(rhs, ";", text, keep_quotes=True) if p.strip() != ""]:
+            tup = tuple(split_values(part, ",", text))
             if len(tup) != len(keys) or not all(tup):
                 raise UserError(f"--grid '{text}': '{part}' has {len(tup)} value(s) for {len(keys)} keys "
                                 f"({', '.join(keys)}); separate tuples with ';'")
@@ -112,6 +126,44 @@ def parse_axis(text: str) -> Axis:
     if len(set(values)) != len(values):
         raise UserError(f"--grid '{text}': repeated value")
     return Axis(keys, values)
+
+
+def split_values(text: str, sep: str, arg: str = "", keep_quotes: bool = False) -> list[str]:
+    """``text`` split at ``sep`` outside quotes; each piece stripped. A piece in double or single quotes
+    is taken as is (separators inside it included); a backslash makes the next character literal.
+    ``keep_quotes`` leaves quotes and backslashes in place (a first pass that splits tuples only)."""
+    pieces: list[str] = []
+    buf: list[str] = []
+    quote = ""
+    quoted = False  # the current piece had quotes: keep its inner spaces and an empty value
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            buf.append(text[i:i + 2] if keep_quotes else text[i + 1])
+            i += 2
+            continue
+        if quote:
+            if ch == quote:
+                quote = ""
+                if keep_quotes:
+                    buf.append(ch)
+            else:
+                buf.append(ch)
+        elif ch in "\"'":
+            quote, quoted = ch, True
+            if keep_quotes:
+                buf.append(ch)
+        elif ch == sep:
+            pieces.append("".join(buf) if quoted and not keep_quotes else "".join(buf).strip())
+            buf, quoted = [], False
+        else:
+            buf.append(ch)
+        i += 1
+    if quote:
+        raise UserError(f"--grid '{arg or text}': unclosed {quote} quote")
+    pieces.append("".join(buf) if quoted and not keep_quotes else "".join(buf).strip())
+    return pieces
 
 
 def parse_tie(text: str) -> Tie:
@@ -186,6 +238,8 @@ def evaluate(expr: str, point: dict[str, str], target: str = "?") -> int | float
                 return bounded(_OPS[type(node.op)](left, right))
             except ZeroDivisionError:
                 raise UserError(f"--tie {target}: division by zero in '{expr}'") from None
+            except OverflowError:
+                raise UserError(f"--tie {target}: '{expr}' overflows") from None
         if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
             return bounded(_OPS[type(node.op)](ev(node.operand)))
         raise UserError(f"--tie {target}: only numbers, swept keys and + - * / // % ** are allowed in '{expr}'")
@@ -293,6 +347,7 @@ class _Plan:
     summary: dict[str, Any] | None = None  # runner.run with no seeds: parent id, primary metric, config
     error: str = ""
     seeds: dict[int, SeedResult] = field(default_factory=dict)
+    created: bool = True  # the parent was made by this sweep (False: only read, never modified)
 
 
 def run_sweep(req: SweepRequest, on_point: Callable[[int, int, PointResult], None] | None = None,
@@ -322,7 +377,7 @@ def run_sweep(req: SweepRequest, on_point: Callable[[int, int, PointResult], Non
         plans = [_plan(req, name, strategy, point) for strategy in req.strategies for point in points]
         tracker = _tracker(req.results_dir) if any(p.summary for p in plans) else None
         if tracker is not None and not req.grid.empty:
-            _tag_parents(tracker, name, plans)
+            _record_members(tracker, name, plans)
         jobs = _jobs(req, plans, tracker)
         total = len(plans) * len(req.seeds)
         failed = sum(len(req.seeds) for p in plans if p.error)
@@ -426,7 +481,12 @@ def _plan(req: SweepRequest, name: str, strategy: str, point: dict[str, str]) ->
     plan = _Plan(strategy, point, tag_value)
     try:
         plan.base = _request(req, name, strategy, point, tag_value)
+        found = _existing_parent(plan.base, name, req.seeds)
+        if found is not None:  # finished elsewhere: read it, never touch it (no new end time, no tag)
+            plan.summary, plan.created = found, False
+            return plan
         plan.summary = runner.run(plan.base)
+        plan.created = _created_here(plan.summary, name, req)
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 -- one bad point must not stop the sweep
@@ -535,11 +595,63 @@ def _mark_killed(tracker: Any, plans: list[_Plan], since_ms: int) -> None:
                 tracker.finish(run.info.run_id, "KILLED")
 
 
-def _tag_parents(tracker: Any, name: str, plans: list[_Plan]) -> None:
-    """A parent that existed before the sweep (a plain ``avbench run``) joins the sweep by tag."""
+def _existing_parent(rr: Any, name: str, seeds: list[int]) -> dict[str, Any] | None:
+    """The point's parent when it exists, was not created by this sweep and has every seed finished: a
+    summary of it read from MLflow (nothing written). None otherwise (``runner.run`` then finds or
+    makes the parent as usual)."""
+    from avbench import runner
+    from avbench.tracking import Tracker
+
+    r = runner.resolve(rr)
+    plan = runner.make_plan(rr, r)
+    db = Path(rr.results_dir) / "mlflow.db"
+    if not os.environ.get("MLFLOW_TRACKING_URI") and not db.exists():
+        return None  # no store yet: nothing can exist (and none is created here)
+    tracker = Tracker(rr.results_dir)
+    parent_id = tracker.find_parent(r.dataset, plan.group)
+    if not parent_id:
+        return None
+    parent = tracker.client.get_run(parent_id)
+    if parent.data.tags.get(TAG_CREATED_BY) == f"sweep:{name}":
+        return None  # ours: the sweep may update it
+    done = {c.data.tags.get("avbench.seed") for c in tracker.children(parent_id)}
+    if not all(str(s) in done for s in seeds):
+        return None
+    return {"strategy": r.strategy_cls.name, "dataset": r.dataset, "parent_run_id": parent_id, "group": plan.group,
+            "protocol": rr.protocol, "primary_metric": plan.primary, "config": plan.cfg_dict,
+            "recipe": plan.recipe_dict, "results_dir": str(Path(rr.results_dir).resolve())}
+
+
+def _created_here(summary: dict[str, Any], name: str, req: SweepRequest) -> bool:
+    """Whether the parent ``runner.run`` returned carries this sweep's creation tag."""
+    if req.grid.empty or not summary.get("parent_run_id"):
+        return False
+    tracker = _tracker(req.results_dir)
+    return tracker.client.get_run(summary["parent_run_id"]).data.tags.get(TAG_CREATED_BY) == f"sweep:{name}"
+
+
+def _record_members(tracker: Any, name: str, plans: list[_Plan]) -> None:
+    """Points whose parent the sweep did not create are recorded on the sweep's own record run (one per
+    dataset and sweep name), never on that parent: a sweep modifies only runs it created."""
+    by_dataset: dict[str, list[_Plan]] = {}
     for plan in plans:
-        if plan.summary and plan.summary.get("parent_run_id"):
-            tracker.client.set_tag(plan.summary["parent_run_id"], TAG_SWEEP_PREFIX + name, plan.tag_value)
+        if plan.summary and plan.summary.get("parent_run_id") and not plan.created:
+            by_dataset.setdefault(plan.summary["dataset"], []).append(plan)
+    for dataset, members in by_dataset.items():
+        exp = tracker.experiment_id(dataset)
+        found = tracker.client.search_runs(
+            [exp], filter_string=f"tags.`{TAG_KIND}` = 'sweep' and tags.`{TAG_SWEEP_NAME}` = '{name}'", max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+        else:
+            from avbench.tracking import source_tags
+
+            run_id = tracker.client.create_run(exp, run_name=f"sweep:{name}", tags={
+                TAG_KIND: "sweep", TAG_SWEEP_NAME: name, TAG_CREATED_BY: f"sweep:{name}",
+                "avbench.dataset": dataset, **source_tags()}).info.run_id
+            tracker.client.set_terminated(run_id, "FINISHED")
+        for plan in members:
+            tracker.client.set_tag(run_id, TAG_MEMBER_PREFIX + plan.summary["parent_run_id"], plan.tag_value)
 
 
 def format_point(point: dict[str, str]) -> str:
