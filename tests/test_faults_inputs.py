@@ -88,6 +88,11 @@ def test_config_that_is_huge_is_one_line(tmp_path, capsys):
     assert_clean_error(capsys, main(tiny(tmp_path / "res", "--config", str(cfg))), "not a configuration file")
 
 
+def test_bench_batch_that_cannot_fit_is_one_line(capsys):
+    rc = main(["bench", "--strategy", "late_fusion", "--synthetic", "--batch-size", "100000000"])
+    assert_clean_error(capsys, rc, "of memory, the machine has")
+
+
 # --- 2. sweeps: checked as a whole before anything trains --------------------------------------------
 def _sweep(tmp_path: Path, *extra: str) -> list[str]:
     args = ["sweep", "--strategy", "late_fusion", "--dataset", "synth", "--epochs", "1", "--results-dir",
