@@ -17,7 +17,8 @@ import sys
 from avbench import __version__, config_file, log, results
 from avbench.errors import UserError
 
-COMMANDS = ("run", "eval", "list", "show", "table", "cache", "extract", "bench", "sweep", "analyze", "report", "sync", "tune")
+COMMANDS = ("run", "eval", "list", "show", "table", "cache", "extract", "bench", "sweep", "analyze", "report", "sync", "tune",
+            "check-strategy")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,9 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"avbench.commands.{name}")
+            module = importlib.import_module(f"avbench.commands.{name.replace('-', '_')}")
         except ModuleNotFoundError as e:
-            if e.name == f"avbench.commands.{name}":
+            if e.name == f"avbench.commands.{name.replace('-', '_')}":
                 raise ImportError(f"avbench command '{name}' has no module avbench/commands/{name.replace('-', '_')}.py "
                                   f"(a broken installation?)") from e
             raise
