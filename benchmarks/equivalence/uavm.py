@@ -16,8 +16,15 @@ of the two logits as their evaluation computes it; FullAttTrans on both inputs) 
 
     python benchmarks/equivalence/uavm.py /path/to/uavm     # the repository root (src/models/mm_trans.py)
 
-Training-loop comparison (their ``run.py``/``traintest.py`` vs ``--recipe reference`` over seeds) is
-not part of this script: see docs/equivalence.md for what it needs.
+With ``--train WORKDIR`` it also compares training: it writes a small synth cache, exports it into
+their data layout (datafile JSONs, one ``.npy`` per clip, label CSV, balanced weight file), runs
+*their* ``src/run.py`` unedited once per seed in a subprocess and ``avbench run --recipe reference``
+on the same cache with the same sizes, and prints both accuracy distributions (audio, video, fused)
+with Welch and Mann-Whitney p-values (scipy). Their loop runs under torch 1.11's ``zero_grad``
+semantics (zero-filled gradients; torch >= 2.0 sets them to None): a ``sitecustomize`` in the work
+directory sets that default and seeds ``random``/``numpy``/``torch`` from the seed, nothing else::
+
+    python benchmarks/equivalence/uavm.py /path/to/uavm --train /tmp/uavm_train --seeds 8
 """
 
 from __future__ import annotations
@@ -108,10 +115,146 @@ def compare(mm, cls, n, ns, e, s, heads, t, da, dv, c) -> float:
     return max(d1, logits_diff())
 
 
+# --- training comparison ------------------------------------------------------------------------------
+SHIM = """import os, random
+import numpy as np
+import torch
+
+_zero_grad = torch.optim.Optimizer.zero_grad
+
+
+def zero_grad(self, set_to_none=False):  # torch 1.11's default: gradients zero-filled, not None
+    return _zero_grad(self, set_to_none=set_to_none)
+
+
+torch.optim.Optimizer.zero_grad = zero_grad
+_seed = int(os.environ.get("UAVM_SEED", "0"))
+random.seed(_seed)
+np.random.seed(_seed)
+torch.manual_seed(_seed)
+"""
+
+
+def export_layout(cache_path: Path, out: Path) -> dict[str, Path]:
+    """The avbench cache's train and test splits in the authors' layout (what ``avbench cache
+    import-uavm`` reads, written the other way)."""
+    import json
+
+    import numpy as np
+
+    from avbench.cache import FeatureCache
+    from avbench.train.sampling import balanced_weights
+
+    cache = FeatureCache(cache_path)
+    n_classes = cache.task.num_classes
+    mids = [f"c_{i}" for i in range(n_classes)]
+    (out / "feat").mkdir(parents=True, exist_ok=True)
+    label_csv = out / "class_labels_indices.csv"
+    label_csv.write_text("index,mid,display_name\n" + "".join(f"{i},{m},class {i}\n" for i, m in enumerate(mids)))
+    files = {"label_csv": label_csv}
+    for name, split in (("train", cache.train_split()), ("test", cache.test_split())):
+        data = []
+        for i, cid in enumerate(split.ids):
+            a, v = out / "feat" / f"{name}_{i}_a.npy", out / "feat" / f"{name}_{i}_v.npy"
+            np.save(a, np.asarray(split.audio[i], dtype=np.float32))
+            np.save(v, np.asarray(split.video[i], dtype=np.float32))
+            labs = ",".join(mids[j] for j in np.flatnonzero(split.labels[i]))
+            data.append({"video_id": cid, "labels": labs, "afeat": str(a), "vfeat": str(v)})
+        files[name] = out / f"{name}.json"
+        files[name].write_text(json.dumps({"data": data}))
+        if name == "train":  # run.py reads <train json minus .json>_weight.csv
+            np.savetxt(out / "train_weight.csv", balanced_weights(split.labels), delimiter=",")
+    return files
+
+
+def train_compare(checkout: Path, work: Path, seeds: int, epochs: int, width: int, layers: int,
+                  batch: int, lr: float) -> int:
+    import json
+    import os
+    import subprocess
+
+    import numpy as np
+    from scipy import stats
+
+    from avbench.datasets.synth import SynthKnobs, build_synth_cache
+
+    src = next(p for p in (checkout / "src", checkout) if (p / "run.py").is_file())
+    work.mkdir(parents=True, exist_ok=True)
+    # one input width for both modalities: their run.py takes a single --input_dim
+    knobs = SynthKnobs(classes=4, train_clips=384, test_clips=192, steps=10, audio_dim=32, video_dim=32, snr=1.0,
+                       seed=0)
+    cache_path = work / "cache"
+    if not (cache_path / "manifest.json").exists():
+        build_synth_cache(cache_path, knobs)
+    files = export_layout(cache_path, work / "layout")
+    shim = work / "shim"
+    shim.mkdir(exist_ok=True)
+    (shim / "sitecustomize.py").write_text(SHIM)
+    theirs: dict[str, list[float]] = {"audio": [], "video": [], "fusion": []}
+    for seed in range(seeds):
+        exp = work / "theirs" / f"seed{seed}"
+        result = exp / "result.csv"
+        if not result.exists():
+            cmd = [sys.executable, str(src / "run.py"), "--data-train", str(files["train"]),
+                   "--data-val", str(files["test"]), "--label-csv", str(files["label_csv"]),
+                   "--n_class", str(knobs.classes), "--model", "uavm", "--dataset", "vggsound",
+                   "--exp-dir", str(exp), "--lr", str(lr), "-b", str(batch), "-w", "0",
+                   "--n-epochs", str(epochs), "--lrscheduler_start", "1", "--lrscheduler_step", "1",
+                   "--lrscheduler_decay", "0.5", "--lr_adapt", "False", "--save_model", "False",
+                   "--mixup", "0.5", "--bal", "bal", "--label_smooth", "0.1", "--noise", "True",
+                   "--input_dim", str(knobs.audio_dim), "--embed_dim", str(width), "--num_heads", "4",
+                   "--depth_i", str(layers), "--depth_s", str(layers), "--a_seq_len", str(knobs.steps),
+                   "--v_seq_len", str(knobs.steps), "--feat_norm", "True", "--metrics", "acc", "--loss", "CE",
+                   "--a_tr_prob", "0.5", "--n-print-steps", "1000"]
+            env = {**os.environ, "PYTHONPATH": f"{shim}{os.pathsep}{src}", "UAVM_SEED": str(seed),
+                   "CUDA_VISIBLE_DEVICES": ""}
+            subprocess.run(cmd, cwd=src, env=env, check=True, stdout=subprocess.DEVNULL)
+        last = np.atleast_2d(np.loadtxt(result, delimiter=","))[epochs - 1]
+        theirs["audio"].append(float(last[0]))
+        theirs["video"].append(float(last[3]))
+        theirs["fusion"].append(float(last[6]))
+    out = work / "avbench.json"
+    if not out.exists():
+        from avbench.cli import main as avbench_main
+
+        rc = avbench_main(["run", "--strategy", "uavm", "--cache", str(cache_path), "--recipe", "reference",
+                           "--seeds", ",".join(str(s) for s in range(seeds)), "--epochs", str(epochs),
+                           "--set", f"embed_dim={width}", "--set", "num_heads=4", "--set", f"n_specific={layers}",
+                           "--set", f"n_shared={layers}", "--set", f"train.lr={lr}",
+                           "--set", f"train.batch_size={batch}", "--no-progress",
+                           "--results-dir", str(work / "results"), "--output-json", str(out)])
+        if rc != 0:
+            sys.exit(f"uavm.py: avbench run failed ({rc})")
+    result = json.loads(out.read_text())
+    ours = {c: [float(s["metrics"][f"{c}/acc"]) for s in result["seeds"]] for c in ("audio", "video", "fusion")}
+    print(f"\ntraining on the same synth cache ({knobs.train_clips} / {knobs.test_clips} clips, {knobs.classes} classes, "
+          f"T {knobs.steps}); width {width}, {layers} + {layers} layers, batch {batch}, lr {lr}, {epochs} epochs; "
+          f"{seeds} seeds each")
+    print(f"{'column':<8}{'their run.py':>18}{'avbench reference':>20}{'Welch p':>10}{'Mann-Whitney p':>16}")
+    worst = 1.0
+    for c in ("audio", "video", "fusion"):
+        a, b = np.array(theirs[c]) * 100, np.array(ours[c]) * 100
+        welch = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+        mw = float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+        worst = min(worst, welch if welch == welch else 1.0, mw)
+        print(f"{c:<8}{a.mean():>10.1f} +- {a.std(ddof=1):>4.1f}{b.mean():>12.1f} +- {b.std(ddof=1):>4.1f}"
+              f"{welch:>10.2f}{mw:>16.2f}")
+    print(f"smallest p: {worst:.2f} ({'not different at 0.05' if worst > 0.05 else 'different at 0.05'})")
+    return 0 if worst > 0.05 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkout", type=Path, help="a checkout of YuanGongND/uavm")
     ap.add_argument("--no-paper-size", action="store_true", help="skip the three paper-sized models (slower)")
+    ap.add_argument("--train", type=Path, metavar="WORKDIR", help="also compare training (their run.py vs "
+                    "--recipe reference) in this directory; finished runs there are reused")
+    ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=48)
+    ap.add_argument("--lr", type=float, default=1e-3)
     args = ap.parse_args(argv)
     mm = load_mm_trans(args.checkout)
     print(f"{'their class':<15}{'N':>3}{'N_s':>5}{'width':>7}{'S_dim':>7}{'T':>4}  max abs logit diff (a, v, av)")
@@ -122,7 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         cls, n, ns, e, s, _h, t = case[:7]
         print(f"{cls:<15}{n:>3}{ns:>5}{e:>7}{s:>7}{t:>4}  {d:.2e}{'' if d <= TOL else '  > ' + format(TOL, '.0e')}")
     print(f"worst: {worst:.2e} (target <= {TOL:.0e})")
-    return 0 if worst <= TOL else 1
+    rc = 0 if worst <= TOL else 1
+    if args.train is not None:
+        rc = max(rc, train_compare(args.checkout, args.train, args.seeds, args.epochs, args.width, args.layers,
+                                   args.batch, args.lr))
+    return rc
 
 
 if __name__ == "__main__":
