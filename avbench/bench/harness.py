@@ -16,6 +16,7 @@ What is timed is exactly what ``avbench run`` executes (``Engine.make_batch``, `
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tempfile
 import time
@@ -223,7 +224,7 @@ def _bench(req: BenchRequest, res: Any, source: dict[str, Any]) -> dict[str, Any
     if req.mode in ("train", "both"):
         if req.find_batch_size:
             bs, tried = find_batch_size(engine, recipe.batch_size, min(req.max_batch_size, n_train))
-            engine.recipe = dataclasses.replace(engine.recipe, batch_size=bs)
+            engine.set_batch_size(bs)
             out["batch_size_search"] = tried
         elif engine.recipe.batch_size > n_train:
             raise UserError(f"--batch-size {engine.recipe.batch_size} is larger than the train split "
@@ -316,18 +317,19 @@ class _Reference:
 
     def __enter__(self) -> "_Reference":
         e = self.engine
-        self.saved = (e.recipe, e.step_module, [m.fused for m in self.attn],
-                      [(g.get("fused"), g.get("foreach")) for g in self.groups])
+        self.saved = ([m.fused for m in self.attn], [(g.get("fused"), g.get("foreach")) for g in self.groups])
         for m in self.attn:
             m.fused = False
         for g in self.groups:
             g["fused"], g["foreach"] = False, False
-        e.recipe, e.step_module = self.recipe, self.module
+        self.stack = contextlib.ExitStack()  # the engine's own switches, undone in reverse order
+        self.stack.enter_context(e.using_recipe(self.recipe))
+        self.stack.enter_context(e.using_step_module(self.module))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        e = self.engine
-        e.recipe, e.step_module, fused, opt = self.saved
+        self.stack.close()
+        fused, opt = self.saved
         for m, f in zip(self.attn, fused):
             m.fused = f
         for g, (f, fe) in zip(self.groups, opt):
@@ -360,7 +362,7 @@ def bench_train(engine: Any, warmup: int, steps: int, data_path: bool, reference
     premade = [engine.make_batch(_gather(engine, p.fetch), train=True, step=i, plan=p) for i, p in enumerate(plans[:k])]
     attention = _attention_kind(strategy, device)
     # One step under the FLOP counter, uncompiled (the counter sees every matmul of forward and backward).
-    engine.step_module = TrainStep(strategy)
+    engine.wrap_step_module(plain=True)
     flops, _ = _guard_oom(engine, lambda: count_flops(lambda: engine.train_step(premade[0], 0, optimizer)))
     engine.wrap_step_module()
     counter = {"step": 1}
@@ -487,14 +489,14 @@ def find_batch_size(engine: Any, start: int, limit: int) -> tuple[int, list[dict
     memory) exceeds 80% of the memory the process can still use.
     """
     device = engine.device
-    engine.step_module = TrainStep(engine.strategy)
+    engine.wrap_step_module(plain=True)
     engine.strategy.train()
     optimizer = engine.make_optimizer()
     mem = PeakMemory(device)
     tried: list[dict[str, Any]] = []
 
     def attempt(b: int) -> tuple[bool, int]:
-        engine.recipe = dataclasses.replace(engine.recipe, batch_size=b)
+        engine.set_batch_size(b)
         try:
             plan = _plans(engine, 1)[0]
             batch = engine.make_batch(_gather(engine, plan.fetch), train=True, step=0, plan=plan)
@@ -533,7 +535,7 @@ def find_batch_size(engine: Any, start: int, limit: int) -> tuple[int, list[dict
         if not ok:
             break
         b, step_mem = 2 * b, nxt
-    engine.recipe = dataclasses.replace(engine.recipe, batch_size=b)
+    engine.set_batch_size(b)
     optimizer.zero_grad(set_to_none=True)
     return b, tried
 

@@ -5,7 +5,7 @@ sampling, the recipe augmentations, the optimizer and schedule, precision, evalu
 metrics, checkpoints, and throughput measurement. The strategy owns its model and loss.
 
 Process-wide settings are in ``avbench/train/process.py`` and evaluation in ``avbench/train/evaluate.py``.
-What is left (a little over 400 lines) is one class: batch planning, the step and the loop share the
+What is left (under 500 lines) is one class: batch planning, the step and the loop share the
 engine's state (recipe, rows, draws, step module), and splitting them would pass that state around.
 """
 
@@ -145,10 +145,14 @@ class Engine:
         self.validator = sched_mod.Validator(self, evaluate_on)
         self.sched = sched_mod.EpochSchedule(recipe, 0, 0, 2**62, 2**62)  # fit() sets one per epoch
 
-    def wrap_step_module(self) -> nn.Module:
+    def wrap_step_module(self, plain: bool = False) -> nn.Module:
         """The module ``train_step`` calls: DDP around the strategy when distributed (rebuilt per stage,
-        since a stage may freeze or unfreeze parameters), compiled when the recipe asks."""
+        since a stage may freeze or unfreeze parameters), compiled when the recipe asks. ``plain``: the
+        strategy's ``training_step`` alone, neither DDP nor compiled (FLOP counting, memory probing)."""
         module: nn.Module = TrainStep(self.strategy)
+        if plain:
+            self.step_module = module
+            return module
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -317,6 +321,20 @@ class Engine:
         optimizer.step()
         self.strategy.after_optimizer_step(step)
         return out
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """Train with another batch size from now on (``avbench bench --find-batch-size`` picks one after
+        the engine is built); the precision resolved at construction is kept."""
+        self.recipe = replace(self.recipe, batch_size=batch_size)
+
+    @contextlib.contextmanager
+    def using_step_module(self, module: nn.Module) -> Iterator[nn.Module]:
+        """``train_step`` calls ``module`` inside the block (a reference configuration), the wrapped one after."""
+        saved, self.step_module = self.step_module, module
+        try:
+            yield module
+        finally:
+            self.step_module = saved
 
     @contextlib.contextmanager
     def using_recipe(self, recipe: Recipe) -> Iterator[Recipe]:
