@@ -364,3 +364,19 @@ def test_latex_bolds_only_a_best_that_the_test_calls_and_fits_a_column():
     assert r"\resizebox{\columnwidth}{!}{%" in tex and tex.rstrip().endswith(r"\end{tabular}}")
     assert r"Fusion (\%)" in tex and "params (count)" in tex
     assert render_table(rows[:2], "latex", {(0, "fusion"): "★"}).count(r"\textbf") == 0  # no call, no bold
+
+
+def test_a_tuned_row_says_its_budget_score_and_rounded_values():
+    from avbench.report.cells import configured, round_value, tuned_summary, tuned_values
+
+    tuned = {"strategy": "sum", "metric": "fusion/acc", "value": 0.81234, "budget": {"trials": 20},
+             "overrides": {"train.lr": "0.0012345678901234", "train.max_steps": "300",
+                           "train.weight_decay": "5.000000000000001e-07", "train.schedule": "cosine"}}
+    assert tuned_summary(tuned) == "tuned: 20 trials, best validation fusion/acc 81.2%"
+    assert tuned_values(tuned) == "lr=0.00123, max_steps=300, schedule=cosine, weight_decay=5e-07"
+    assert configured(tuned, None, {}) == tuned_summary(tuned)  # never "default" for a tuned row
+    assert configured(None, "s_dim", {"s_dim": "4"}) == "sweep s_dim"
+    assert configured(None, None, {}) == "defaults" and configured(None, None, {"a": "1"}) == "1 field(s) set"
+    assert configured({"missing": "/gone/sum.json"}, None, {}) == "tuned (its tuned file is gone)"
+    assert [round_value(v) for v in ("10", "10.0", "0.4", "5e-07", "True", "continuous,instant")] == \
+        ["10", "10", "0.4", "5e-07", "True", "continuous,instant"]
