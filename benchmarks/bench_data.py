@@ -4,6 +4,8 @@ per-batch augmentation (L2 norm, mixup, time roll)."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -79,14 +81,13 @@ H200_BF16_DENSE = 989e12  # FLOP/s, NVIDIA's H200 SXM datasheet (dense bf16 tens
 TARGET_MFU = 0.40
 
 
-@pytest.mark.skipif(not __import__("os").environ.get("AVBENCH_BENCH_VGGSOUND"),
+@pytest.mark.skipif(not os.environ.get("AVBENCH_BENCH_VGGSOUND"),
                     reason="set AVBENCH_BENCH_VGGSOUND=1 (writes a 184k-clip, 22 GB cache; "
                            "AVBENCH_BENCH_VGGSOUND_CACHE=DIR keeps and reuses it)")
 def test_gather_augment_vggsound_size_vs_gpu_demand(benchmark, tmp_path_factory, device):
     """Clips/s the memmap gather + recipe augmentations sustain over random batches of a 184k-clip cache
     (bigger than this machine's page cache, as VGGSound is on most), against what a GPU at 40 % MFU on
     paper-size UAVM consumes: 0.4 x peak FLOP/s / (training FLOPs per clip, counted by FlopCounterMode)."""
-    import os
     from pathlib import Path
 
     from avbench.api import FeatureSpec
