@@ -36,6 +36,7 @@ from typing import Any
 
 from avbench.errors import UserError
 from avbench.metrics.stats import mean_std_ci
+from avbench.results import metric_name  # the one spelling of a metric key in MLflow ('@' is not allowed)
 
 TAG_KIND = "avbench.kind"
 TAG_GROUP = "avbench.group"
@@ -409,7 +410,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(_metric_key(k), float(v), ts, step or 0) for k, v in metrics.items()
+        items = [Metric(metric_name(k), float(v), ts, step or 0) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and math.isfinite(float(v))]
         for i in range(0, len(items), 500):
             with signals_deferred():
@@ -438,7 +439,7 @@ class Tracker:
 
     def update_parent_summary(self, parent_id: str, keys: Iterable[str] | None = None) -> dict[str, dict[str, float]]:
         """Recompute ``<metric>_mean``, ``_std``, ``_n`` of the evaluation metrics over finished seeds."""
-        wanted = {_metric_key(k) for k in keys} if keys is not None else None
+        wanted = {metric_name(k) for k in keys} if keys is not None else None
         values: dict[str, list[float]] = {}
         for run in self.children(parent_id):
             for k, v in run.data.metrics.items():
@@ -499,11 +500,6 @@ class Resilient:
             return None
 
 
-def _metric_key(k: str) -> str:
-    # MLflow allows alphanumerics, _ - . space : / ; '@' (R@1) is not allowed.
-    return k.replace("@", "_at")
-
-
 def _param_str(v: Any) -> str:
     s = json.dumps(v, default=str) if isinstance(v, (list, dict, tuple)) else str(v)
     return s[:6000]
@@ -542,11 +538,6 @@ def signals_deferred():
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def metric_name(k: str) -> str:
-    """The name a metric is stored under in MLflow."""
-    return _metric_key(k)
 
 
 def flatten(prefix: str, d: dict[str, Any]) -> dict[str, Any]:

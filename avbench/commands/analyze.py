@@ -80,6 +80,7 @@ def _levels(text: str, flag: str, top: float) -> tuple[float, ...]:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from avbench.analysis import driver, loading
     from avbench.errors import UserError
+    from avbench.tracking import TAG_CREATED_BY, TAG_SEED
 
     whats = parse_whats(args.what)
     for name in ("per_class", "tsne_per_class", "attention_clips"):
@@ -95,9 +96,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         parents = loading.dataset_parents(tracker, args.dataset, strategies)
         if args.sweep_points != "include":
             want = args.sweep_points == "only"
-            parents = [p for p in parents if p.data.tags.get("avbench.created_by", "").startswith("sweep:") == want]
+            parents = [p for p in parents if p.data.tags.get(TAG_CREATED_BY, "").startswith("sweep:") == want]
         ids = [k.info.run_id for p in parents
-               for k in sorted(tracker.children(p.info.run_id), key=lambda r: int(r.data.tags.get("avbench.seed", 0)))]
+               for k in sorted(tracker.children(p.info.run_id), key=lambda r: int(r.data.tags.get(TAG_SEED, 0)))]
         if not ids:
             raise UserError(f"no finished runs for dataset '{args.dataset}'"
                             + (f" and strategy {args.strategy}" if args.strategy else ""))
@@ -105,7 +106,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         from avbench.config import parse_seeds
 
         keep = {str(s) for s in parse_seeds(args.seeds)}
-        ids = [i for i in ids if tracker.client.get_run(i).data.tags.get("avbench.seed") in keep]
+        ids = [i for i in ids if tracker.client.get_run(i).data.tags.get(TAG_SEED) in keep]
         if not ids:
             raise UserError(f"no finished run with seed(s) {args.seeds} among the selected runs")
     opts = driver.Options(per_class=args.per_class, tsne_per_class=args.tsne_per_class,

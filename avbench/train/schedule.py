@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 
+from avbench.api import PRIMARY
 from avbench.metrics import mean_average_precision
 
 log = logging.getLogger(__name__)
 WINDOW = 0.2  # the share of the steps at the end whose rise marks a run not converged
-PRIMARY = {False: "acc", True: "mAP"}
 
 
 def lr_factor(recipe: Any, step: int, steps_per_epoch: int, total_steps: int) -> float:
@@ -248,7 +248,7 @@ class Validator:
         return out
 
     def _primary(self) -> str:
-        return PRIMARY[bool(self.engine.strategy.task.multilabel)]
+        return PRIMARY["multilabel" if self.engine.strategy.task.multilabel else "multiclass"]
 
     def last(self) -> dict[str, float]:
         return {f"val/{self.metric}": self.curve[-1][1]} if self.curve else {}

@@ -21,6 +21,7 @@ import yaml
 from avbench.cache.format import write_json_atomic
 from avbench.errors import UserError
 from avbench.resolve import Resolved, RunRequest, resolve
+from avbench.tracking import TAG_TUNED
 
 log = logging.getLogger(__name__)
 
@@ -127,4 +128,4 @@ def apply_tuned(req: RunRequest, which: str) -> RunRequest:
         raise UserError(f"--tuned {path}: not a tuned configuration ({e})") from None
     # The tag names the file absolutely, so run and sweep (which resolves --results-dir) record the same.
     return dataclasses.replace(req, overrides={**over, **req.overrides},
-                               extra_tags={**req.extra_tags, "avbench.tuned": str(path.resolve())})
+                               extra_tags={**req.extra_tags, TAG_TUNED: str(path.resolve())})
