@@ -131,3 +131,25 @@ def test_a_file_that_is_no_checkpoint_at_all_is_one_line(tmp_path):
     bad.write_bytes(b"\x00" * 64)
     with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):
         checkpoint.load_file(bad)
+
+
+def test_strategy_extra_state_is_read_by_the_safe_loader(tmp_path):
+    """vq_codes carries its CLUB estimators' Adam moments and reset generator as extra state: tensors
+    and plain containers, so an epoch checkpoint of it loads weights-only and restores them exactly."""
+    from test_vq_codes import _batch, _small
+
+    m = _small(reset_after=1)
+    m.train()
+    m.begin_stage("pretrain")
+    opt = torch.optim.Adam(list(m.trainable_parameters()), lr=1e-3)
+    out = m.training_step(_batch(seed=0), 0)
+    opt.zero_grad()
+    out["loss"].backward()
+    opt.step()
+    m.after_optimizer_step(0)
+    path = tmp_path / "vq.pt"
+    torch.save({"strategy": m.state_dict(), "optimizer": opt.state_dict()}, path)
+    state = checkpoint.load_file(path)
+    extra = state["strategy"]["_extra_state"]
+    assert set(extra) >= {"club_optimizers", "reset_generator"}
+    assert torch.equal(extra["reset_generator"], m._reset_generator.get_state())
