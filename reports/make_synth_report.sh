@@ -30,6 +30,9 @@ SEEDS="${SEEDS:-0,1,2}"
 JOBS="${JOBS:-2}"              # jobs at once on the executor (tuning trials, final runs, sweep points)
 BUDGET="${BUDGET:-16}"         # tuning trials per strategy (Optuna's TPE starts after 10 random ones)
 MAX_STEPS="${MAX_STEPS:-540}"  # per-trial step budget: 30 epochs of the tuning rows
+SELECT="${SELECT:-val_mAP}"    # the trial score (avbench tune --select; docs/tuning-and-sweeps.md says why)
+CONFIRM="${CONFIRM:-0}"        # top trials retrained on 2 fresh seeds before the choice (0: off; each adds 2 trainings)
+REPLICATES="${REPLICATES:-1}"  # whole selections with sampler seeds 0..R-1 (each stored; replicate 0 is used)
 # Longest tuning first (measured, minutes of one core for 16 trials: vq_codes 16.7, cross_attention 13.3,
 # mbt 12.7, independent 8.5, uavm 7.9, event_layers 1.6, the others about 1):
 # the executor gives a free slot to the first idle strategy in this order, so the quick
@@ -51,6 +54,7 @@ DATA=(--dataset synth --set "data.train_clips=${TRAIN_CLIPS:-960}" --set "data.t
 #    gets the same flags; the step budget is given explicitly so it is identical whichever strategy's
 #    recipe would set it. --skip-tuned leaves out strategies tuned by an earlier, interrupted run.
 "${ON_EXECUTOR[@]}" tune --strategy "$STRATEGY_CSV" "${DATA[@]}" --budget "$BUDGET" --max-steps "$MAX_STEPS" \
+  --select "$SELECT" --confirm "$CONFIRM" --replicates "$REPLICATES" \
   --results-dir "$RESULTS" --skip-tuned --no-progress -q "${EXECUTOR[@]}" \
   || echo "tuning failed for some strategies (listed above and in the report's missing pieces)"
 # 2. Final runs: each tuned configuration on the whole training split, every seed, tested: a sweep

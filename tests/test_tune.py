@@ -232,12 +232,21 @@ def test_ctrl_c_cancels_running_trials_and_closes_their_runs(tmp_path, two_cores
     assert runs["FINISHED"] < 6  # it stopped: not every trial of the budget ran
     assert not list(rd.glob("tuned/*/*.json"))  # an interrupted tuning stores no "best" configuration
 
-    # The rerun replays the finished trials from MLflow and trains only the rest; the outcome is the
-    # uninterrupted tuning's, trial for trial.
+    # The rerun reopens each Optuna study from the results' journal (load_if_exists), keeps the finished
+    # trials, trains again the one each strategy had in flight, and trains only the rest; the outcome
+    # is the uninterrupted tuning's, trial for trial.
     first = runs["FINISHED"]
     out = tmp_path / "resumed.json"
     assert main([*args, "--output-json", str(out)]) == 0
     assert _trial_runs(rd)["FINISHED"] == 6  # none trained twice, none lost
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(rd / "optuna.journal")))
+    for summary in optuna.get_all_study_summaries(storage):  # the trial in flight kept its number
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        assert [(t.number, t.state.name) for t in study.trials] == [(i, "COMPLETE") for i in range(3)]
     whole = tmp_path / "whole.json"
     assert main([*args[:args.index("--results-dir") + 1], str(tmp_path / "w"), *args[args.index("--results-dir") + 2:],
                  "--output-json", str(whole)]) == 0

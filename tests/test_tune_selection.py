@@ -167,7 +167,8 @@ def _runs(results, kind):
 def test_trials_record_their_seeds_scores_params_and_inputs_and_the_study_reopens(tmp_path, in_process):
     rd = tmp_path / "r"
     req = tune.TuneRequest(strategies=["late_fusion"], dataset="synth", budget=2, max_steps=4, overrides=SETS,
-                           results_dir=str(rd), progress=False, seeds=[0, 1], confirm=1, confirm_seeds=1)
+                           results_dir=str(rd), progress=False, seeds=[0, 1], confirm=1, confirm_seeds=1,
+                           select="val_loss")
     res = tune.tune(req)["strategies"]["late_fusion"]
     # Every trial: per-seed validation acc, mAP and loss; its score is the mean negative loss.
     for t in res["trials"]:

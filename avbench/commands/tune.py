@@ -1,7 +1,7 @@
 """``avbench tune``: search each strategy's hyperparameters on the validation split with the same
 budget of trials and training steps (avbench/tune/), and store the chosen configuration.
 
-Trials are scored on ``--select`` (validation loss by default), averaged over ``--trial-seeds``;
+Trials are scored on ``--select`` (validation mAP by default), averaged over ``--trial-seeds``;
 ``--confirm N`` retrains the top N on fresh seeds and chooses on those; ``--replicates R`` runs the
 whole selection with R sampler seeds. The summary says when the top trials cannot be told apart and
 when a chosen value sits at the top of its range ("capped").
@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from avbench.tune.select import DEFAULT_SELECT, SELECT
 
     p.add_argument("--select", default=DEFAULT_SELECT, choices=list(SELECT),
-                   help=f"the trial score: validation loss (lower is better), mAP or accuracy (default "
+                   help=f"the trial score: validation mAP, loss (lower is better) or accuracy (default "
                         f"{DEFAULT_SELECT}; docs/tuning-and-sweeps.md says why)")
     p.add_argument("--confirm", type=int, default=0, metavar="N",
                    help="retrain each strategy's top N trials on fresh seeds and choose on those (default 0: off)")

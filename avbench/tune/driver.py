@@ -7,7 +7,7 @@ automatic. So every strategy named in one ``avbench tune`` gets
 * the same number of trials (``--budget``) of a seeded Optuna TPE sampler; each strategy's sampler
   seed is derived from ``--sampler-seed`` and the strategy's name (a stable hash), so strategies do not
   share their random start-up trials, and a rerun draws the same ones,
-* the same score (``--select``: validation loss by default, or mAP or accuracy; avbench/tune/select.py),
+* the same score (``--select``: validation mAP by default, or loss or accuracy; avbench/tune/select.py),
   averaged over the same trial seeds (``--trial-seeds K``), and the same confirmation stage
   (``--confirm N``: the top N trials retrained on fresh seeds, the choice made on those),
 * the same training-step budget: every trial trains at most ``--max-steps`` optimizer steps (default:

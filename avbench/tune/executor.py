@@ -38,7 +38,10 @@ from avbench.tune.study import (
     conclude,
     confirm_seeds,
     confirmed_records,
+    fail,
     new_study,
+    recover,
+    remember,
     resume_state,
     run_request,
     tell,
@@ -86,7 +89,7 @@ def tune_all(req: TuneRequest, strategies: list[str], overrides: dict[str, str],
         started_ms = int(time.time() * 1000)
         try:
             _drive(ex, req, tunings, overrides, progress)
-            _confirm(ex, req, tunings, overrides, progress)
+            _confirm(ex, req, tunings, overrides, progress, tracker)
         except KeyboardInterrupt:
             progress.write(f"interrupted: cancelling {ex.running()} running trial(s)")
             ex.cancel()
@@ -109,7 +112,14 @@ def _open(req: TuneRequest, strategy: str, overrides: dict[str, str],
     parent = tuning_parent(req, strategy, r0, tracker, overrides, space[0], cap, group)
     t = _Tuning(strategy, r0, new_study(req, strategy, group), space[1], space[0], parent)
     state = resume_state(t.study)
-    t.trials, t.failures, t.pending = state.trials, state.failures, state.pending
+    t.trials, t.failures = state.trials, state.failures
+    for number, params in state.pending:  # an interrupted run's trial in flight: finished after all?
+        record = recover(tracker, parent, "trial", number)
+        if record is None:
+            t.pending.append((number, params))
+        else:
+            tell(t.study, req, number, params, record)
+            t.trials.append({"number": number, "params": params, **record})
     t.asked = len(t.study.get_trials(deepcopy=False))
     return t
 
@@ -153,13 +163,10 @@ def _fill(ex: Any, req: TuneRequest, tunings: list[_Tuning], overrides: dict[str
 
 def _tell(t: _Tuning, o: Any, req: TuneRequest) -> str:
     """The outcome into the study (a failure as FAIL) and the trial's record; returns its progress line."""
-    from optuna.trial import TrialState
-
     (number, params), t.inflight = t.inflight, None
     head = f"{t.strategy} trial {number}"
     if not o.ok:
-        t.study.set_user_attr(f"error.{number}", str(o.error))
-        t.study.tell(number, state=TrialState.FAIL)
+        fail(t.study, number, str(o.error))
         t.failures.append(f"trial {number}: {o.error}")
         return f"{head}: failed: {o.error}"
     record = o.value
@@ -170,7 +177,8 @@ def _tell(t: _Tuning, o: Any, req: TuneRequest) -> str:
             f"{ {k: _short(v) for k, v in params.items()} }")
 
 
-def _confirm(ex: Any, req: TuneRequest, tunings: list[_Tuning], overrides: dict[str, str], progress: Any) -> None:
+def _confirm(ex: Any, req: TuneRequest, tunings: list[_Tuning], overrides: dict[str, str], progress: Any,
+             tracker: Tracker) -> None:
     """The confirmation stage: every strategy's top ``--confirm`` trials retrained on fresh seeds, as
     independent jobs (their order cannot change a result); each record lands in the study."""
     if req.confirm <= 0:
@@ -179,6 +187,10 @@ def _confirm(ex: Any, req: TuneRequest, tunings: list[_Tuning], overrides: dict[
     for i, t in enumerate(tunings):
         for entry in sel.top(t.trials, req.select, req.confirm):
             number = entry["number"]
+            found = recover(tracker, t.parent, "confirm", number) if f"confirm.{number}" not in t.study.user_attrs \
+                else None
+            if found is not None:
+                remember(t.study, f"confirm.{number}", {"number": number, "params": entry["params"], **found})
             if f"confirm.{number}" in t.study.user_attrs:
                 progress.finished(0.0, failed=False, line=f"[{progress.done + 1}/{progress.total}] {t.strategy} "
                                             f"confirm trial {number}: from an earlier run")
@@ -194,8 +206,7 @@ def _confirm(ex: Any, req: TuneRequest, tunings: list[_Tuning], overrides: dict[
             head = f"{t.strategy} confirm trial {number} (seeds {seeds})"
             if o.ok:
                 entry = next(e for e in t.trials if e["number"] == int(number))
-                t.study.set_user_attr(f"confirm.{number}", {"number": int(number), "params": entry["params"],
-                                                             **o.value})
+                remember(t.study, f"confirm.{number}", {"number": int(number), "params": entry["params"], **o.value})
                 line = f"{head}: {req.select} {sel.score(o.value, req.select):.4f}"
             else:
                 t.failures.append(f"confirmation of trial {number}: {o.error}")

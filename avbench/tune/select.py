@@ -7,8 +7,11 @@ training anything. A trial record carries, per training seed, the validation acc
 * ``--select`` names the score: ``val_loss`` (negated, so higher is better), ``val_mAP`` or
   ``val_acc``. Accuracy on a small validation split moves in steps of one clip and ties often; among
   configurations that all work it barely ranks them (issue 23: Spearman with test accuracy -0.05 and
-  -0.78 among late_fusion's contenders, against 0.70 / 0.80 for the negative loss). The default is
-  the one benchmarks/tune_selection.py measured best (docs/tuning-and-sweeps.md).
+  -0.78 among late_fusion's contenders, against 0.70 / 0.80 for the negative loss). The default,
+  mAP, is the one benchmarks/tune_selection.py measured best on late_fusion and sum (Spearman with
+  test accuracy among contenders 0.90-1.0, against 0.72-1.0 for accuracy and 0.50-1.0 for the loss,
+  whose level tracks how confident the logits are as much as how well they rank;
+  docs/tuning-and-sweeps.md).
 * A trial's score is the mean over its training seeds; its noise is the standard error over those
   seeds (with one seed, accuracy's binomial standard error on the validation clips; the loss and mAP
   then have no noise estimate and only an exact tie is detected).
@@ -27,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 SELECT = {"val_loss": ("loss", -1.0), "val_mAP": ("mAP", 1.0), "val_acc": ("acc", 1.0)}
-DEFAULT_SELECT = "val_loss"
+DEFAULT_SELECT = "val_mAP"  # measured: benchmarks/tune_selection.py, docs/tuning-and-sweeps.md
 NOISE_Z = 2.0  # two standard errors of the difference: "cannot be told apart"
 TOP_SHARE = 0.05  # a chosen value in the top 5% of its range (log scale if searched so) is "capped"
 

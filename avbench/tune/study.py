@@ -33,7 +33,7 @@ import avbench.tune.select as sel
 from avbench import config as cfgmod
 from avbench.errors import UserError
 from avbench.resolve import Resolved, RunRequest, resolve
-from avbench.tracking import TAG_KIND, TAG_STRATEGY, Tracker
+from avbench.tracking import TAG_KIND, TAG_STRATEGY, Tracker, signals_deferred
 from avbench.train.engine import Engine, set_seed
 from avbench.tune.space import suggest, text
 from avbench.tune.store import write_tuned
@@ -68,7 +68,7 @@ class TuneRequest:
     address: str | None = None  # ray: cluster address (default: start a local one)
     threads_per_job: int | None = None  # local default: usable cores // jobs; ray default: 1
     gpus_per_job: float = 0.0
-    select: str = sel.DEFAULT_SELECT  # the trial score: val_loss (negated), val_mAP or val_acc
+    select: str = sel.DEFAULT_SELECT  # the trial score: val_mAP (default), val_loss (negated) or val_acc
     confirm: int = 0  # the top N trials retrained on fresh seeds; the choice is made on those
     confirm_seeds: int = 2  # fresh seeds per confirmed trial
     replicates: int = 1  # the whole selection R times, sampler seeds sampler_seed + 0 .. R-1
@@ -98,7 +98,12 @@ def tune_one(req: TuneRequest, strategy: str, overrides: dict[str, str], space: 
     study = new_study(req, strategy, group)
     state = resume_state(study)
     for number, params in state.pending:  # trials an interrupted run left RUNNING
-        _in_process(req, strategy, overrides, study, tracker, parent, number, params, state)
+        record = recover(tracker, parent, "trial", number)
+        if record is not None:
+            tell(study, req, number, params, record)
+            state.trials.append({"number": number, "params": params, **record})
+        else:
+            _in_process(req, strategy, overrides, study, tracker, parent, number, params, state)
     while len(study.trials) < req.budget:
         trial = ask(study, req, strategy)
         params = suggest(trial, dists)
@@ -107,9 +112,10 @@ def tune_one(req: TuneRequest, strategy: str, overrides: dict[str, str], space: 
         key = f"confirm.{t['number']}"
         if key not in study.user_attrs:
             over = {**overrides, **{k: text(v) for k, v in t["params"].items()}}
-            rec = trial_record(req, strategy, over, t["number"], t["params"], tracker, parent,
-                               seeds=confirm_seeds(req), kind="confirm")
-            study.set_user_attr(key, {"number": t["number"], "params": t["params"], **rec})
+            rec = recover(tracker, parent, "confirm", t["number"]) or trial_record(
+                req, strategy, over, t["number"], t["params"], tracker, parent, seeds=confirm_seeds(req),
+                kind="confirm")
+            remember(study, key, {"number": t["number"], "params": t["params"], **rec})
     return conclude(req, r0, study, state.trials, tracker, parent, overrides, space, cap, dists=dists,
                     confirmed=confirmed_records(study, state.trials, req), failures=state.failures)
 
@@ -124,11 +130,11 @@ def _in_process(req: TuneRequest, strategy: str, overrides: dict[str, str], stud
         record = trial_record(req, strategy, over, number, params, tracker, parent,
                               callback=_pruning_callback(trial) if (req.prune and trial is not None) else None)
     except optuna.TrialPruned:
-        study.tell(number, state=TrialState.PRUNED)
+        with signals_deferred():
+            study.tell(number, state=TrialState.PRUNED)
         return
     except (RuntimeError, ValueError, FloatingPointError) as e:
-        study.set_user_attr(f"error.{number}", f"{type(e).__name__}: {e}")
-        study.tell(number, state=TrialState.FAIL)
+        fail(study, number, f"{type(e).__name__}: {e}")
         state.failures.append(f"trial {number}: {type(e).__name__}: {e}")
         return
     tell(study, req, number, params, record)
@@ -165,6 +171,23 @@ def resume_state(study: Any) -> ResumeState:
     if state.trials or state.failures:
         log.info("tune %s: %d trial(s) from an earlier run reused", study.study_name, len(state.trials))
     return state
+
+
+def recover(tracker: Tracker, parent: str, kind: str, number: int) -> dict[str, Any] | None:
+    """The record of a trial (or confirmation) run that finished after the driver last wrote the study
+    (Ctrl-C between a job's end and its tell): found in MLflow, so it is not trained again."""
+    from avbench.analysis.loading import download_artifact
+
+    for run in tracker.children(parent, finished_only=False):
+        tags = run.data.tags
+        if (run.info.status == "FINISHED" and tags.get(TAG_KIND) == kind and tags.get(TAG_TRIAL) == str(number)):
+            try:
+                saved = json.loads(download_artifact(tracker, run.info.run_id, "trial.json").read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                continue
+            if "record" in saved:
+                return saved["record"]
+    return None
 
 
 def confirmed_records(study: Any, trials: list[dict[str, Any]], req: TuneRequest) -> list[dict[str, Any]]:
@@ -244,13 +267,14 @@ def new_study(req: TuneRequest, strategy: str, group: str) -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sseed = sel.strategy_seed(req.sampler_seed, strategy)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if req.prune else optuna.pruners.NopPruner()
-    study = optuna.create_study(storage=storage(req.results_dir), study_name=f"{strategy}-{group}",
-                                direction="maximize", sampler=optuna.samplers.TPESampler(seed=sseed),
-                                pruner=pruner, load_if_exists=True)
-    if "strategy" not in study.user_attrs:
-        for k, v in {"strategy": strategy, "select": req.select, "sampler_seed": req.sampler_seed,
-                     "strategy_sampler_seed": sseed, "replicate": req.replicate, "seeds": req.seeds}.items():
-            study.set_user_attr(k, v)
+    with signals_deferred():
+        study = optuna.create_study(storage=storage(req.results_dir), study_name=f"{strategy}-{group}",
+                                    direction="maximize", sampler=optuna.samplers.TPESampler(seed=sseed),
+                                    pruner=pruner, load_if_exists=True)
+        if "strategy" not in study.user_attrs:
+            for k, v in {"strategy": strategy, "select": req.select, "sampler_seed": req.sampler_seed,
+                         "strategy_sampler_seed": sseed, "replicate": req.replicate, "seeds": req.seeds}.items():
+                study.set_user_attr(k, v)
     return study
 
 
@@ -258,16 +282,34 @@ def ask(study: Any, req: TuneRequest, strategy: str) -> Any:
     """The next trial, its TPE sampler seeded by the strategy's stream and the trial's number."""
     import optuna
 
-    number = len(study.get_trials(deepcopy=False))
-    study.sampler = optuna.samplers.TPESampler(
-        seed=sel.trial_sampler_seed(sel.strategy_seed(req.sampler_seed, strategy), number))
-    return study.ask()
+    with signals_deferred():  # a Ctrl-C inside a journal write would leave its lock file behind
+        number = len(study.get_trials(deepcopy=False))
+        study.sampler = optuna.samplers.TPESampler(
+            seed=sel.trial_sampler_seed(sel.strategy_seed(req.sampler_seed, strategy), number))
+        return study.ask()
 
 
 def tell(study: Any, req: TuneRequest, number: int, params: dict[str, Any], record: dict[str, Any]) -> None:
     """The trial's record into the study (user attribute ``record.<n>``), then its score."""
-    study.set_user_attr(f"record.{number}", {"number": number, "params": params, **record})
-    study.tell(number, sel.score(record, req.select))  # a NaN score is told as a failed trial by Optuna itself
+    with signals_deferred():
+        study.set_user_attr(f"record.{number}", {"number": number, "params": params, **record})
+        study.tell(number, sel.score(record, req.select))  # a NaN score is told as a failed trial by Optuna itself
+
+
+def fail(study: Any, number: int, error: str, key: str = "error") -> None:
+    """A failed trial (``key`` "error") into the study, or a failed confirmation's note."""
+    from optuna.trial import TrialState
+
+    with signals_deferred():
+        study.set_user_attr(f"{key}.{number}", error)
+        if key == "error":
+            study.tell(number, state=TrialState.FAIL)
+
+
+def remember(study: Any, key: str, value: Any) -> None:
+    """A study user attribute, written whole even if Ctrl-C arrives meanwhile."""
+    with signals_deferred():
+        study.set_user_attr(key, value)
 
 
 def conclude(req: TuneRequest, r0: Resolved, study: Any, trials: list[dict[str, Any]], tracker: Tracker, parent: str,
@@ -385,7 +427,7 @@ def trial_record(req: TuneRequest, strategy: str, overrides: dict[str, str], num
     tracker.log_metrics(child, {f"val/{metric}": value, **{f"val/{col}/{k}": float(np.mean(v)) for k, v in scores.items()},
                                 f"score/{req.select}": sel.score(record, req.select), "steps": steps})
     tracker.log_json(child, "trial.json", {"overrides": overrides, "values": values, "scores": scores,
-                                           "seeds": seeds, "validation": curves})
+                                           "seeds": seeds, "validation": curves, "record": record})
     tracker.finish(child)
     return record
 
