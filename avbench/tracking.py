@@ -15,6 +15,9 @@ experiment. A (group, seed) has one FINISHED child: readers (``children``) never
 The client API (``MlflowClient``) is used throughout, with the parent tag set explicitly, so runs
 made by several processes (sweeps, distributed rank 0) nest correctly; creating the sqlite store is
 serialised by a file lock so several processes may start in one fresh results folder.
+
+Over 400 lines because it is the one place that talks to MLflow (store, client, retries, tags, metric
+names): a second module would split the retry and offline rules between two files.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from avbench import provenance, results
 from avbench.errors import UserError
 from avbench.metrics.stats import mean_std_ci
 from avbench.results import metric_name  # the one spelling of a metric key in MLflow ('@' is not allowed)
@@ -228,15 +232,11 @@ def process_alive(tag: str) -> bool | None:
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """avbench's commit however it was installed (``avbench.provenance``; None when nothing knows it)."""
-    from avbench import provenance
-
     return provenance.git_state()[0]
 
 
 def command_line() -> str:
     """The command line as the CLI received it (``avbench.results`` records it), else ``sys.argv``."""
-    from avbench import results
-
     argv = results.command()
     prog = Path(argv[0]).name if argv else "avbench"
     if prog in ("__main__.py", "-m", "-c") or prog.startswith("python"):

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from avbench.cache import format as fmt
+from avbench.locks import file_lock
 
 OFFICIAL_NAMES = ("val", "validation", "valid")
 ROWS_FILE = "val_rows.npy"
@@ -128,8 +129,6 @@ def record_holdout(root: Path, rows_path: Path, rows: np.ndarray, record: dict[s
     """Write the rows file, then the manifest entry, each atomically, under the cache's lock: concurrent
     first uses compute the same rows, and the manifest's read-modify-write must not lose another
     writer's change."""
-    from avbench.locks import file_lock
-
     # Its own lock inside the cache (the cache's builder may hold the one beside it while it records).
     with file_lock(Path(root) / ".validation.lock", "recording the validation split"):
         _record_holdout(root, rows_path, rows, record)

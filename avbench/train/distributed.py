@@ -21,6 +21,7 @@ from typing import Any, Callable, TypeVar
 import torch
 
 from avbench.errors import UserError
+from avbench.hardware import machine_cpus
 
 T = TypeVar("T")
 
@@ -64,9 +65,7 @@ def setup(device: str | torch.device = "cpu") -> DistContext:
         torch.cuda.set_device(dev)
     elif "OMP_NUM_THREADS" not in os.environ or os.environ.get("AVBENCH_SPLIT_THREADS") == "1":
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        from avbench.hardware import machine_cpus  # affinity and cgroup quota, not just the host's cores
-
-        torch.set_num_threads(max(1, machine_cpus() // local_world))
+        torch.set_num_threads(max(1, machine_cpus() // local_world))  # affinity and cgroup quota, not the host's cores
     owns = False
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
