@@ -16,6 +16,7 @@ import sys
 
 from avbench import __version__, config_file, log, results
 from avbench.errors import UserError
+from avbench.fsguard import is_write_error, os_error
 
 COMMANDS = ("run", "eval", "list", "show", "table", "cache", "extract", "bench", "sweep", "analyze", "report", "sync", "tune",
             "check-strategy")
@@ -62,8 +63,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"avbench {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk, a read-only or wrong path anywhere: one line, exit 2 (avbench.fsguard)
-        from avbench.fsguard import is_write_error, os_error
-
         if not is_write_error(e):
             raise
         print(f"avbench {args.command}: error: {os_error(e)}", file=sys.stderr)
