@@ -167,8 +167,11 @@ def export_layout(cache_path: Path, out: Path) -> dict[str, Path]:
     return files
 
 
+THEIR_MODEL = {"uavm": "uavm", "independent": "ind_trans", "cross_attention": "full_att_trans"}
+
+
 def train_compare(checkout: Path, work: Path, seeds: int, epochs: int, width: int, layers: int,
-                  batch: int, lr: float) -> int:
+                  batch: int, lr: float, strategy: str = "uavm") -> int:
     import json
     import os
     import subprocess
@@ -192,12 +195,12 @@ def train_compare(checkout: Path, work: Path, seeds: int, epochs: int, width: in
     (shim / "sitecustomize.py").write_text(SHIM)
     theirs: dict[str, list[float]] = {"audio": [], "video": [], "fusion": []}
     for seed in range(seeds):
-        exp = work / "theirs" / f"seed{seed}"
+        exp = work / f"theirs_{strategy}" / f"seed{seed}"
         result = exp / "result.csv"
         if not result.exists():
             cmd = [sys.executable, str(src / "run.py"), "--data-train", str(files["train"]),
                    "--data-val", str(files["test"]), "--label-csv", str(files["label_csv"]),
-                   "--n_class", str(knobs.classes), "--model", "uavm", "--dataset", "vggsound",
+                   "--n_class", str(knobs.classes), "--model", THEIR_MODEL[strategy], "--dataset", "vggsound",
                    "--exp-dir", str(exp), "--lr", str(lr), "-b", str(batch), "-w", "0",
                    "--n-epochs", str(epochs), "--lrscheduler_start", "1", "--lrscheduler_step", "1",
                    "--lrscheduler_decay", "0.5", "--lr_adapt", "False", "--save_model", "False",
@@ -213,26 +216,28 @@ def train_compare(checkout: Path, work: Path, seeds: int, epochs: int, width: in
         theirs["audio"].append(float(last[0]))
         theirs["video"].append(float(last[3]))
         theirs["fusion"].append(float(last[6]))
-    out = work / "avbench.json"
+    out = work / f"avbench_{strategy}.json"
     if not out.exists():
         from avbench.cli import main as avbench_main
 
-        rc = avbench_main(["run", "--strategy", "uavm", "--cache", str(cache_path), "--recipe", "reference",
+        rc = avbench_main(["run", "--strategy", strategy, "--cache", str(cache_path), "--recipe", "reference",
                            "--seeds", ",".join(str(s) for s in range(seeds)), "--epochs", str(epochs),
                            "--set", f"embed_dim={width}", "--set", "num_heads=4", "--set", f"n_specific={layers}",
                            "--set", f"n_shared={layers}", "--set", f"train.lr={lr}",
                            "--set", f"train.batch_size={batch}", "--no-progress",
-                           "--results-dir", str(work / "results"), "--output-json", str(out)])
+                           "--results-dir", str(work / f"results_{strategy}"), "--output-json", str(out)])
         if rc != 0:
             sys.exit(f"uavm.py: avbench run failed ({rc})")
     result = json.loads(out.read_text())
-    ours = {c: [float(s["metrics"][f"{c}/acc"]) for s in result["seeds"]] for c in ("audio", "video", "fusion")}
-    print(f"\ntraining on the same synth cache ({knobs.train_clips} / {knobs.test_clips} clips, {knobs.classes} classes, "
+    # cross_attention has only the fused column here (their a / v / av are all the joint model)
+    columns = [c for c in ("audio", "video", "fusion") if f"{c}/acc" in result["seeds"][0]["metrics"]]
+    ours = {c: [float(s["metrics"][f"{c}/acc"]) for s in result["seeds"]] for c in columns}
+    print(f"\n{strategy} vs their --model {THEIR_MODEL[strategy]}, trained on the same synth cache ({knobs.train_clips} / {knobs.test_clips} clips, {knobs.classes} classes, "
           f"T {knobs.steps}); width {width}, {layers} + {layers} layers, batch {batch}, lr {lr}, {epochs} epochs; "
           f"{seeds} seeds each")
     print(f"{'column':<8}{'their run.py':>18}{'avbench reference':>20}{'Welch p':>10}{'Mann-Whitney p':>16}")
     worst = 1.0
-    for c in ("audio", "video", "fusion"):
+    for c in columns:
         a, b = np.array(theirs[c]) * 100, np.array(ours[c]) * 100
         welch = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
         mw = float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
@@ -249,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-paper-size", action="store_true", help="skip the three paper-sized models (slower)")
     ap.add_argument("--train", type=Path, metavar="WORKDIR", help="also compare training (their run.py vs "
                     "--recipe reference) in this directory; finished runs there are reused")
+    ap.add_argument("--strategy", choices=sorted(THEIR_MODEL), default="uavm",
+                    help="which model --train compares (their run.py --model uavm / ind_trans / full_att_trans)")
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--width", type=int, default=64)
@@ -268,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     rc = 0 if worst <= TOL else 1
     if args.train is not None:
         rc = max(rc, train_compare(args.checkout, args.train, args.seeds, args.epochs, args.width, args.layers,
-                                   args.batch, args.lr))
+                                   args.batch, args.lr, args.strategy))
     return rc
 
 
