@@ -14,9 +14,12 @@ from avbench import config_file, fsguard
 from avbench.api import Strategy
 from avbench.cache.format import write_json_atomic
 from avbench.record import SeedRecord
+from avbench.resolve import Resolved
+from avbench.train.engine import FitResult
+from avbench.train.evaluate import EvalResult
 
 
-def save_local(rec: SeedRecord, result: dict[str, Any], metrics: dict[str, float], fit: Any, r: Any,
+def save_local(rec: SeedRecord, result: dict[str, Any], metrics: dict[str, float], fit: FitResult, r: Resolved,
                strategy: Strategy, save_model: bool, run_config: dict[str, Any]) -> None:
     """The record of truth, complete before MLflow hears of it; free space checked first."""
     final = fit.final
@@ -37,7 +40,7 @@ def save_local(rec: SeedRecord, result: dict[str, Any], metrics: dict[str, float
     rec.update(metrics=metrics)
 
 
-def write_predictions(path: Path, final: Any, ids: list[str]) -> None:
+def write_predictions(path: Path, final: EvalResult, ids: list[str]) -> None:
     """Per-clip logits for paired tests and analyses (seed-matched bootstrap in reports)."""
     arrays = {f"logits_{c}": v.astype(np.float16) for c, v in final.logits.items()}
     arrays.update({f"head_{k}": v.astype(np.float16) for k, v in final.heads.items()})

@@ -74,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         save_model=not args.no_save_model, force=args.force, strict_tracking=args.strict_tracking,
         preset=args.preset, recipe_name=args.recipe, init_from=args.init_from)
     req.progress = log.progress_enabled(req.progress)  # bars only on a terminal unless --progress always
-    if args.tuned:  # the configuration avbench tune stored (avbench/tune.py); --set still wins
+    if args.tuned:  # the configuration avbench tune stored (avbench/tune/store.py); --set still wins
         from avbench.tune import apply_tuned
 
         req = apply_tuned(req, args.tuned)
