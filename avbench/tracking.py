@@ -230,11 +230,6 @@ def process_alive(tag: str) -> bool | None:
 
 # --- standard MLflow tags --------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
-def git_commit() -> str | None:
-    """avbench's commit however it was installed (``avbench.provenance``; None when nothing knows it)."""
-    return provenance.git_state()[0]
-
-
 def command_line() -> str:
     """The command line as the CLI received it (``avbench.results`` records it), else ``sys.argv``."""
     argv = results.command()
@@ -245,16 +240,15 @@ def command_line() -> str:
 
 
 def source_tags() -> dict[str, str]:
-    """``mlflow.source.*``, ``mlflow.user`` and the command line as the run's description."""
+    """``mlflow.source.*``, ``mlflow.user``, the command line as the run's description, and the
+    provenance tags (commit, dirty flag, host, CPU model and flags, GPUs)."""
     tags = {"mlflow.source.name": " ".join(command_line().split()[:2]), "mlflow.source.type": "LOCAL",
             "mlflow.note.content": command_line()}
     try:
         tags["mlflow.user"] = getpass.getuser()
     except (KeyError, OSError):
         pass
-    commit = git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
+    tags.update(provenance.mlflow_tags())  # the commit however avbench was installed; host, CPU, GPUs
     return tags
 
 

@@ -58,6 +58,7 @@ def test_a_run_follows_mlflow_conventions(tmp_path, monkeypatch):
         assert tags["mlflow.source.name"].startswith("avbench") and tags["mlflow.user"]
         assert "--strategy uavm" in tags["mlflow.note.content"]
         assert len(tags.get("mlflow.source.git.commit", "0" * 40)) == 40
+        assert tags["avbench.host.name"] and tags["avbench.host.cpu"]  # where it ran (avbench.provenance)
         ds = run.inputs.dataset_inputs[0].dataset
         assert ds.name == "synth" and ds.digest == parent.data.params["cache_key"]
     exps = {e.name: e for e in tr.client.search_experiments()}
