@@ -236,7 +236,7 @@ def test_report_has_table_marks_plots_and_lists_what_is_missing(results, tmp_pat
         assert by_name[name][conv] == want, (name, flags)
         late = rf"{name}( \([^)]*\))?: {len(flags) - int(sum(flags))} of {len(flags)} seed\(s\) not converged"
         assert bool(re.search(late, md)) != all(flags)  # the row's label may carry its config: "uavm (s_dim=0)"
-    assert "### Convergence" in md and "still rose over its last 20% of steps" in md
+    assert "### Convergence" in md and "still rose over the last 20% of its learning-rate integral" in md
     pair = _table(md, "| row vs column")
     assert all(c in {"", "≫", "≪", ">", "<", "=", "n/a"} for r in pair[1:] for c in r[1:])
     assert "Sweep points" in md and "Sweep `s_dim`" in md

@@ -147,10 +147,12 @@ def chance_section(rep: Builder) -> None:
 def convergence_section(rep: Builder) -> None:
     """Which rows stopped while their validation metric was still rising, said in words."""
     rep.add(Heading(3, "Convergence"))
-    rep.add(Para("The converged column counts the seeds whose training had converged: each run records its "
-                  "validation mAP at evenly spaced steps, and a run is *not converged* when that metric still "
-                  "rose over its last 20% of steps (least-squares rise above 0.01 and above two standard "
-                  "errors; README \"A fair comparison protocol\"). With `train.validation=train-on-all` the "
+    rep.add(Para("The converged column counts the seeds whose training had converged, of the seeds whose curve "
+                  "could be judged: each run records its validation mAP at evenly spaced steps, and a run is "
+                  "*not converged* when that metric still rose over the last 20% of its learning-rate integral "
+                  "(least-squares rise above 0.01 and above two standard errors), or when it is not above the "
+                  "validation split's chance level (*not learning*); a curve of fewer than 4 points is not "
+                  "judged (docs: \"A fair comparison protocol\"). With `train.validation=train-on-all` the "
                   "curve is measured on training clips. A row with a seed not converged (⚠) may rank below "
                   "what its strategy can reach with more steps."))
     late = []
