@@ -13,6 +13,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from avbench import config as cfgmod
@@ -26,6 +27,7 @@ from avbench.datasets.base import DatasetCard
 from avbench.errors import UserError
 from avbench.paths import cache_root as default_cache_root
 from avbench.train.recipe import Recipe, recipe_overrides
+from avbench.train.schedule import training_rows
 
 
 @dataclass
@@ -180,11 +182,18 @@ def check_device(spec: str) -> None:
 def check_trains(r: Resolved, world: int = 1) -> None:
     """A run that would train zero steps is an error before it starts, naming why."""
     rec = r.recipe
-    rows = int(r.cache.train_split().present.any(axis=1).sum())
-    if rows == 0:
+    usable = np.flatnonzero(r.cache.train_split().present.any(axis=1))
+    if len(usable) == 0:
         raise UserError(f"{r.cache.root}: the train split has no usable clips (zero training steps)")
-    if rec.drop_last and rec.batch_size > rows:
-        raise UserError(f"batch size {rec.batch_size} is larger than the {rows} training clips and drop_last is "
-                        f"on: zero training steps (lower train.batch_size or set train.drop_last=false)")
+    rows = len(training_rows(r.cache, rec, usable, "test"))  # what the engine trains on: after the hold-out
+    held = f" ({len(usable) - rows} held out for validation)" if rows < len(usable) else ""
+    if rows == 0 or (rec.drop_last and rec.batch_size > rows):
+        raise UserError(f"batch size {rec.batch_size} is larger than the {rows} training clips{held} and drop_last "
+                        f"is on: zero training steps (lower train.batch_size or data.val_fraction, or set "
+                        f"train.drop_last=false)")
+    steps = rec.max_steps or rec.epochs * (rows // rec.batch_size if rec.drop_last else -(-rows // rec.batch_size))
+    if rec.warmup_steps >= steps:
+        raise UserError(f"train.warmup_steps={rec.warmup_steps} is not shorter than the run's {steps} steps: the "
+                        f"learning rate would never reach train.lr (lower it, or train longer)")
     if world > 1 and rec.batch_size < world:
         raise UserError(f"batch size {rec.batch_size} is smaller than the {world} processes")

@@ -68,6 +68,7 @@ _RULES: tuple[tuple[str, bool | None, tuple[float | None, float | None]], ...] =
     (r"wall_seconds|.*_s|.*_ms(_p\d+)?", False, _POS),
     (r"(trainable_)?parameters", None, _POS),
     (r"union_f1(_micro)?|converged|event_class_match", True, _UNIT),
+    (r"diverged", False, _UNIT),  # 1: the training loss went NaN/inf (its test metrics are not a result)
     (r"union_size", None, (1.0, None)),  # labels per clip: more is not better
 )
 

@@ -8,6 +8,7 @@ while tracking is down; ``avbench sync`` sends it later). A seed that already fi
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 import uuid
@@ -122,6 +123,17 @@ def _end_seed(track: Resilient, group: GroupRecord | None, rec: SeedRecord | Non
         track.call(publish_seed, group, rec)
 
 
+def diverged_at(history: list[dict[str, Any]]) -> int | None:
+    """The first epoch whose training loss was NaN or infinite (a diverged run), else None. A diverged
+    run is a result, not a crash: it finishes, its test metrics are computed on whatever the model
+    outputs, and ``diverged=1`` marks them (the console says so, the report shows the metric)."""
+    for i, row in enumerate(history):
+        loss = row.get("train/loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            return int(row.get("epoch", i))
+    return None
+
+
 def _seed_result(req: RunRequest, r: Resolved, plan: Plan, seed: int, fit: FitResult, engine: Engine,
                  strategy: Strategy, device: torch.device, world: int, wall: float, precision: str,
                  why: str) -> tuple[dict[str, float], dict[str, Any]]:
@@ -131,6 +143,11 @@ def _seed_result(req: RunRequest, r: Resolved, plan: Plan, seed: int, fit: FitRe
                     "wall_seconds": wall, "parameters": float(strategy.num_parameters())})
     if fit.validation and fit.validation.get("converged") is not None:  # a curve too short records no flag
         metrics["converged"] = float(fit.validation["converged"])
+    bad = diverged_at(fit.history)
+    metrics["diverged"] = float(bad is not None)
+    if bad is not None:
+        log.get("run").warning("seed %d diverged: the training loss was not finite from epoch %d; its test metrics "
+                               "are marked diverged=1 (lower train.lr or set train.grad_clip)", seed, bad)
     result = {"strategy": r.strategy_cls.name, "strategy_target": req.strategy, "dataset": r.dataset,
               "seed": seed, "metrics": metrics, "skipped": final.skipped, "config": plan.cfg_dict,
               "recipe": plan.recipe_dict, "protocol": req.protocol, "train_modality": req.train_modality,

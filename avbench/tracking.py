@@ -65,7 +65,7 @@ PROBE_TIMEOUT_S = 3.0
 # What a parent run aggregates over its seeds: what the model scored (columns, retrieval, per-head
 # union F1, the analyses) and whether training converged; never lr, stage or losses.
 EVAL_PREFIXES = ("audio/", "video/", "fusion/", "retrieval/", "test/", "heads/", "analysis/")
-EVAL_KEYS = ("converged",)
+EVAL_KEYS = ("converged", "diverged")
 
 
 class TrackingUnavailable(UserError):

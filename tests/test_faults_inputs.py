@@ -75,6 +75,28 @@ def test_a_zero_width_mlp_is_refused(tmp_path, capsys):
     assert_clean_error(capsys, rc, "mlp_ratio=1e-9: gives embed_dim=16 an MLP of int(16 x 1e-09) = 0 units")
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--set", "data.val_fraction=0.9"], "larger than the 9 training clips (87 held out for validation)"),
+    (["--set", "train.warmup_steps=100000"], "train.warmup_steps=100000 is not shorter than the run's 5 steps"),
+], ids=["zero steps after the hold-out", "warm-up longer than the run"])
+def test_a_run_that_would_not_train_as_asked_is_refused_before_mlflow(tmp_path, capsys, extra, message):
+    res = tmp_path / "res"
+    assert_clean_error(capsys, main(tiny(res, "--cache-root", str(tmp_path / "cache"), *extra)), message, res)
+    assert runs_by_status(res) == {}
+
+
+def test_a_diverged_run_is_a_result_marked_diverged_not_a_crash(tmp_path, capsys):
+    out = tmp_path / "o.json"
+    assert main(tiny(tmp_path / "res", "--set", "train.lr=1e30", "--output-json", str(out))) == 0
+    err = capsys.readouterr().err
+    assert "seed 0 diverged: the training loss was not finite from epoch 0" in err and "Traceback" not in err
+    seed = json.loads(out.read_text())["seeds"][0]
+    assert seed["metrics"]["diverged"] == 1.0 and runs_by_status(tmp_path / "res") == {"FINISHED": 2}
+    fine = tmp_path / "fine.json"
+    assert main(tiny(tmp_path / "res2", "--output-json", str(fine))) == 0
+    assert json.loads(fine.read_text())["seeds"][0]["metrics"]["diverged"] == 0.0
+
+
 @pytest.mark.parametrize("content", [bytes(range(256)) * 4, b"a: 1\n\x00\x01\x02"], ids=["binary", "nul bytes"])
 def test_config_that_is_not_text_is_one_line(tmp_path, capsys, content):
     cfg = tmp_path / "bin.yaml"
