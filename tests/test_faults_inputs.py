@@ -367,3 +367,15 @@ def test_a_half_migrated_store_is_repaired_or_refused_in_one_line(tmp_path, caps
     with sqlite3.connect(res / "mlflow.db") as c:  # the same damage in a store that holds runs
         c.execute("create table _alembic_tmp_jobs (id integer)")
     assert_clean_error(capsys, main(["sync", "--results-dir", str(res)]), "half-migrated and holding 2 run(s)")
+
+
+@pytest.mark.parametrize("bound", [".nan", ".inf", "'a'"])
+def test_a_search_space_with_a_bound_that_is_not_a_finite_number_is_one_line(tmp_path, capsys, bound):
+    space = tmp_path / "space.yaml"
+    space.write_text(f"train.lr: {{type: float, low: {bound}, high: 0.1, log: true}}\n")
+    res = tmp_path / "res"
+    args = ["tune", "--strategy", "late_fusion", "--dataset", "synth", "--budget", "2", "--max-steps", "4",
+            "--space", str(space), "--results-dir", str(res), "--no-progress"]
+    for s in TINY_SETS:
+        args += ["--set", s]
+    assert_clean_error(capsys, main(args), "bounds must be finite numbers", res)

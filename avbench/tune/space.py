@@ -53,6 +53,8 @@ def distributions(space: Mapping[str, Any], cap: int, where: str) -> dict[str, A
                 out[key] = od.CategoricalDistribution(list(spec["choices"]))
                 continue
             low, high, logscale = spec["low"], spec["high"], bool(spec.get("log", False))
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)):
+                raise UserError(f"{where}: '{key}' bounds must be finite numbers (got low={low!r}, high={high!r})")
             if kind == "steps":
                 if not 0 < low <= high <= 1:
                     raise UserError(f"{where}: '{key}' type steps takes shares of the budget in (0, 1]")
