@@ -50,7 +50,7 @@ def test_a_run_follows_mlflow_conventions(tmp_path, monkeypatch):
     child = next(r for r in runs if r.data.tags.get("avbench.kind") == "seed")
     assert parent.info.status == child.info.status == "FINISHED"
     assert parent.info.end_time >= child.info.end_time  # the parent ran while its seed ran
-    assert parent.data.metrics and all(k.startswith(("audio/", "video/", "fusion/", "retrieval/", "converged_"))
+    assert parent.data.metrics and all(k.startswith(("audio/", "video/", "fusion/", "retrieval/", "converged_", "diverged_"))
                                        for k in parent.data.metrics)  # evaluation metrics only: no lr, stage, train/
     assert "converged_mean" in parent.data.metrics  # the share of seeds whose validation curve had flattened
     for run in (parent, child):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from avbench.train.recipe import RECIPES  # light: no torch
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a saved or released checkpoint on a cache",
@@ -23,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set a strategy field or train.* (amp, l2_norm, eval_batch_size, ...) as for run; repeatable")
     p.add_argument("--preset", help="a named configuration of the strategy, before --set")
-    p.add_argument("--recipe", default="default", help="named recipe (default, reference), before --set")
+    p.add_argument("--recipe", default="default", choices=sorted(RECIPES), help="named recipe, before --set")
     p.add_argument("--save-predictions", metavar="FILE.npz", help="write ids, labels and logits_<column> per clip")
     p.add_argument("--output-json", metavar="PATH", help="write the summary as JSON here")
     p.add_argument("--trust-checkpoint", action="append", default=[], metavar="PATH", help="your own legacy checkpoint that needs full unpickling (runs code in the file: never for files from others); repeatable")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from avbench import config_file
+from avbench.train.recipe import RECIPES  # light: no torch
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,8 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", help="a named configuration of the strategy (avbench show STRATEGY), before --set")
     p.add_argument("--tuned", nargs="?", const="auto", metavar="TUNED_JSON",
                    help="use the configuration avbench tune stored for this strategy and cache (or this file); --set wins")
-    p.add_argument("--recipe", default="default", help="named training recipe: default, or reference (the UAVM "
-                   "authors' training as their code runs it; README 'Recipe differences'), before --set")
+    p.add_argument("--recipe", default="default", choices=sorted(RECIPES), help="named training recipe, applied "
+                   "before --set: reference (the UAVM authors' training as their code runs it), cmg (vq_codes as CMG "
+                   "trains it), scenic (mbt as Scenic trains it); docs/running.md 'Recipe differences'")
     p.add_argument("--init-from", metavar="PATH", help="start from these weights: an avbench model.pt or a "
                    "paper's released state dict (avbench.authors_checkpoint)")
     p.add_argument("--trust-checkpoint", action="append", default=[], metavar="PATH", help="your own legacy checkpoint that needs full unpickling (runs code in the file: never for files from others); repeatable")

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 
+from avbench.train.recipe import RECIPES  # light: no torch
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="run strategies over a parameter grid (resumable)",
@@ -37,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fixed settings for every point (as in avbench run)")
-    p.add_argument("--recipe", default="default", help="named recipe for every point (default, reference), before --set")
+    p.add_argument("--recipe", default="default", choices=sorted(RECIPES),
+                   help="named recipe for every point, before --set")
     p.add_argument("--preset", help="a named configuration of the strategy for every point, before --set and the grid")
     p.add_argument("--tuned", action="store_true",
                    help="start each strategy from its stored tuned configuration (avbench tune; as run --tuned); "
