@@ -1,11 +1,7 @@
 """Parameter sweeps: every grid point of every strategy through ``runner.run``, resumable, failure-tolerant.
 
-A sweep is a list of axes. Each axis is one key with its values (``s_dim=16,64,256``) or several keys
-zipped together (``n_specific,n_shared=6,0;3,3;0,6``: tuples separated by ``;``, the values of one
-tuple by ``,``). The points are the Cartesian product of the axes. A *tie* derives a key from the
-point's other values with integer/float arithmetic (``n_specific=6-n_shared``), which is how UAVM
-Fig. 2's ``N + N_s = 6`` axis is written. Keys are any ``--set`` key (bare, ``model.``, ``train.``
-or ``data.``).
+A sweep is a list of axes and ties (the grammar, its quoting and the bounded tie arithmetic are in
+``avbench.sweep_grid``); the points are the Cartesian product of the axes.
 
 Every point runs with ``skip_finished``: a seed with a finished child run is not trained again, so a
 rerun of the same command resumes an interrupted sweep. A point that fails (a bad value, a crash) is
@@ -19,10 +15,6 @@ recorded on the sweep's own record run (``avbench.kind=sweep``, tag ``avbench.sw
 id>``), which the report reads like the parent tag. Seeds that still have to run join that parent (its
 aggregates then change, as with ``avbench run --seeds``).
 
-Values are separated by ``,`` (tuples by ``;``); a value that contains either is quoted inside the
-argument, ``--grid 'data.event_mix="continuous:2,audio_only:1","continuous:1"'``, or the separator
-escaped with a backslash (``continuous:2\\,audio_only:1``).
-
 A sweep without axes (no ``--grid``) runs each strategy's configuration once per seed on the executor,
 and its records are exactly those of ``avbench run`` (no sweep tags, the same run names), so they are
 main rows of the report and ``run --skip-finished`` sees their seeds. With ``tuned`` every strategy
@@ -31,264 +23,48 @@ starts from the configuration ``avbench tune`` stored, as ``run --tuned`` does.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import itertools
 import json
-import math
-import operator
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from avbench import config as cfgmod
+from avbench import registry, runner
 from avbench.errors import UserError
+from avbench.executor import Job, options
 from avbench.executor.base import describe_error
-
-TAG_SWEEP_PREFIX = "avbench.sweep."
-TAG_CREATED_BY = "avbench.created_by"
-TAG_KIND = "avbench.kind"  # tracking.TAG_KIND; a sweep's record run is of kind "sweep"
-TAG_SWEEP_NAME = "avbench.sweep_name"  # on the record run: the sweep's name
-TAG_MEMBER_PREFIX = "avbench.sweep_member."  # on the record run: + a parent's run id -> its point (JSON)
-_NAME_OK = re.compile(r"^[A-Za-z0-9_.\-]+$")  # MLflow tag-key characters
-
-
-@dataclass(frozen=True)
-class Axis:
-    keys: tuple[str, ...]
-    values: tuple[tuple[str, ...], ...]  # one tuple per position, len == len(keys)
-
-
-@dataclass(frozen=True)
-class Tie:
-    key: str
-    expr: str
-
-
-@dataclass
-class Grid:
-    axes: list[Axis]
-    ties: list[Tie] = field(default_factory=list)
-
-    @property
-    def empty(self) -> bool:
-        """No axes: one point (each strategy's configuration as given), recorded as plain runs."""
-        return not self.axes
-
-    @property
-    def swept_keys(self) -> list[str]:
-        return [k for a in self.axes for k in a.keys]
-
-    @property
-    def x_key(self) -> str:
-        """The key a report puts on the x axis: the last key of the first axis (``n_shared`` for a
-        zipped ``n_specific,n_shared`` axis, where the other key is derived)."""
-        return self.axes[0].keys[-1] if self.axes else ""
-
-    def points(self) -> list[dict[str, str]]:
-        out = []
-        for combo in itertools.product(*[a.values for a in self.axes]):
-            point: dict[str, str] = {}
-            for axis, vals in zip(self.axes, combo):
-                point.update(zip(axis.keys, vals))
-            for tie in self.ties:
-                point[tie.key] = _format_number(evaluate(tie.expr, point, tie.key))
-            out.append(point)
-        return out
-
-
-def parse_axis(text: str) -> Axis:
-    """``key=v1,v2,...`` or ``k1,k2=a1,a2;b1,b2;...``."""
-    if "=" not in text:
-        raise UserError(f"--grid expects key=v1,v2,... or k1,k2=a1,a2;b1,b2, got '{text}'")
-    lhs, rhs = text.split("=", 1)
-    keys = tuple(k.strip() for k in lhs.split(","))
-    if not all(keys):
-        raise UserError(f"--grid '{text}': empty key")
-    if len(set(keys)) != len(keys):
-        raise UserError(f"--grid '{text}': a key appears twice")
-    if len(keys) == 1:
-        values = tuple((v,) for v in split_values(rhs, ",", text) if v != "")
-    else:
-        values = []
-        for part in [p for p in split_values(rhs, ";", text, keep_quotes=True) if p.strip() != ""]:
-            tup = tuple(split_values(part, ",", text))
-            if len(tup) != len(keys) or not all(tup):
-                raise UserError(f"--grid '{text}': '{part}' has {len(tup)} value(s) for {len(keys)} keys "
-                                f"({', '.join(keys)}); separate tuples with ';'")
-            values.append(tup)
-        values = tuple(values)
-    if not values:
-        raise UserError(f"--grid '{text}': no values")
-    if len(set(values)) != len(values):
-        raise UserError(f"--grid '{text}': repeated value")
-    return Axis(keys, values)
-
-
-def split_values(text: str, sep: str, arg: str = "", keep_quotes: bool = False) -> list[str]:
-    """``text`` split at ``sep`` outside quotes; each piece stripped. A piece in double or single quotes
-    is taken as is (separators inside it included); a backslash makes the next character literal.
-    ``keep_quotes`` leaves quotes and backslashes in place (a first pass that splits tuples only)."""
-    pieces: list[str] = []
-    buf: list[str] = []
-    quote = ""
-    quoted = False  # the current piece had quotes: keep its inner spaces and an empty value
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\" and i + 1 < len(text):
-            buf.append(text[i:i + 2] if keep_quotes else text[i + 1])
-            i += 2
-            continue
-        if quote:
-            if ch == quote:
-                quote = ""
-                if keep_quotes:
-                    buf.append(ch)
-            else:
-                buf.append(ch)
-        elif ch in "\"'":
-            quote, quoted = ch, True
-            if keep_quotes:
-                buf.append(ch)
-        elif ch == sep:
-            pieces.append("".join(buf) if quoted and not keep_quotes else "".join(buf).strip())
-            buf, quoted = [], False
-        else:
-            buf.append(ch)
-        i += 1
-    if quote:
-        raise UserError(f"--grid '{arg or text}': unclosed {quote} quote")
-    pieces.append("".join(buf) if quoted and not keep_quotes else "".join(buf).strip())
-    return pieces
-
-
-def parse_tie(text: str) -> Tie:
-    if "=" not in text:
-        raise UserError(f"--tie expects key=EXPRESSION (e.g. n_specific=6-n_shared), got '{text}'")
-    key, expr = (s.strip() for s in text.split("=", 1))
-    if not key or not expr:
-        raise UserError(f"--tie expects key=EXPRESSION, got '{text}'")
-    try:
-        ast.parse(expr, mode="eval")
-    except SyntaxError:
-        raise UserError(f"--tie {key}: cannot parse '{expr}'") from None
-    return Tie(key, expr)
-
-
-def parse_grid(grids: list[str], ties: list[str] | None = None) -> Grid:
-    if not grids:
-        raise UserError("give at least one --grid key=v1,v2,...")
-    axes = [parse_axis(g) for g in grids]
-    tie_list = [parse_tie(t) for t in (ties or [])]
-    seen: set[str] = set()
-    for k in [k for a in axes for k in a.keys] + [t.key for t in tie_list]:
-        if k in seen:
-            raise UserError(f"'{k}' is swept or tied more than once")
-        seen.add(k)
-    grid = Grid(axes, tie_list)
-    grid.points()  # evaluate ties now: a bad expression fails before anything runs
-    return grid
-
-
-TIE_MAX = 1e12  # a tied setting is a count, a width or a rate: far below this
-TIE_MAX_CHARS = 200
-_OPS: dict[type, Callable[..., Any]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
-    ast.USub: operator.neg, ast.UAdd: operator.pos,
-}
-
-
-def _number(text: str, key: str) -> int | float:
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            raise UserError(f"--tie uses '{key}' = '{text}', which is not a number") from None
-
-
-def evaluate(expr: str, point: dict[str, str], target: str = "?") -> int | float:
-    """Arithmetic over numbers and the point's keys; nothing else is evaluated."""
-
-    def ev(node: ast.AST) -> int | float:
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
-            return node.value
-        if isinstance(node, ast.Name):
-            if node.id not in point:
-                raise UserError(f"--tie {target}: '{node.id}' is not a swept key (swept: {', '.join(point) or 'none'})")
-            return _number(point[node.id], node.id)
-        if isinstance(node, ast.Attribute):  # model.n_shared, data.snr
-            name = _dotted(node)
-            if name not in point:
-                raise UserError(f"--tie {target}: '{name}' is not a swept key (swept: {', '.join(point) or 'none'})")
-            return _number(point[name], name)
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            left, right = ev(node.left), ev(node.right)
-            if isinstance(node.op, ast.Pow):
-                _check_power(left, right, target, expr)
-            try:
-                return bounded(_OPS[type(node.op)](left, right))
-            except ZeroDivisionError:
-                raise UserError(f"--tie {target}: division by zero in '{expr}'") from None
-            except OverflowError:
-                raise UserError(f"--tie {target}: '{expr}' overflows") from None
-        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
-            return bounded(_OPS[type(node.op)](ev(node.operand)))
-        raise UserError(f"--tie {target}: only numbers, swept keys and + - * / // % ** are allowed in '{expr}'")
-
-    def bounded(v: int | float) -> int | float:
-        if isinstance(v, complex) or not math.isfinite(v) or abs(v) > TIE_MAX:
-            raise UserError(f"--tie {target}: '{expr}' reaches {v if not isinstance(v, int) else f'{v:.3g}'}, "
-                            f"beyond +-{TIE_MAX:g} (a setting, not a computation)")
-        return v
-
-    if len(expr) > TIE_MAX_CHARS:
-        raise UserError(f"--tie {target}: the expression is {len(expr)} characters; at most {TIE_MAX_CHARS}")
-    return ev(ast.parse(expr, mode="eval"))
-
-
-def _check_power(base: int | float, exponent: int | float, target: str, expr: str) -> None:
-    """Refuse a power whose result would pass TIE_MAX before computing it (``9**9**9`` would take the
-    CPU for minutes): checked on magnitudes, so each ``**`` costs nothing when it is refused."""
-    b = abs(base)
-    if b in (0, 1) or exponent <= 0:
-        return
-    if exponent > 64 or (b > 1 and exponent * math.log10(b) > math.log10(TIE_MAX)):
-        raise UserError(f"--tie {target}: '{expr}' computes {base:g}**{exponent:g}, beyond +-{TIE_MAX:g}")
-
-
-def _dotted(node: ast.AST) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return f"{_dotted(node.value)}.{node.attr}"
-    raise UserError("--tie: unsupported expression")
-
-
-def _format_number(v: float) -> str:
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return repr(v) if isinstance(v, float) else str(v)
-
-
-def default_name(grid: Grid) -> str:
-    if grid.empty:
-        return "runs"
-    return "-".join(k.split(".")[-1] for k in grid.swept_keys)
-
-
-def check_name(name: str) -> str:
-    if not _NAME_OK.match(name):
-        raise UserError(f"--name '{name}': use letters, digits and _ . - only")
-    return name
+from avbench.executor.progress import SweepProgress
+from avbench.metrics.stats import mean_std_ci
+from avbench.sweep_grid import (  # noqa: F401  (the grammar's names, re-exported for callers of avbench.sweep)
+    TIE_MAX,
+    Axis,
+    Grid,
+    Tie,
+    check_name,
+    default_name,
+    evaluate,
+    format_point,
+    parse_axis,
+    parse_grid,
+    parse_tie,
+    split_values,
+)
+from avbench.tracking import (
+    TAG_CREATED_BY,
+    TAG_KIND,
+    TAG_MEMBER_PREFIX,
+    TAG_SWEEP_NAME,
+    TAG_SWEEP_PREFIX,
+    Tracker,
+    metric_name,
+    source_tags,
+)
+from avbench.train.recipe import Recipe
+from avbench.tune import apply_tuned
 
 
 @dataclass
@@ -360,8 +136,6 @@ def run_sweep(req: SweepRequest, on_point: Callable[[int, int, PointResult], Non
     then run wherever the executor puts them. Ctrl-C cancels the running jobs, marks their runs KILLED
     and re-raises KeyboardInterrupt; a rerun resumes.
     """
-    from avbench.executor import options
-    from avbench.executor.progress import SweepProgress
 
     name = check_name(req.name or default_name(req.grid))
     points = req.grid.points()
@@ -415,9 +189,6 @@ def validate_points(req: SweepRequest, name: str, points: list[dict[str, str]]) 
     strategy refuses when it is built (``s_dim`` not divisible by the heads) still fails only its point."""
     import dataclasses
 
-    from avbench import config as cfgmod
-    from avbench import registry, runner
-    from avbench.train.recipe import Recipe
 
     card = registry.load_dataset(req.dataset) if req.dataset is not None else None
     knob_fields = {f.name for f in dataclasses.fields(card.Knobs)} if card is not None else set()
@@ -447,7 +218,6 @@ def validate_points(req: SweepRequest, name: str, points: list[dict[str, str]]) 
 
 def run_seed(rr: Any) -> dict[str, Any]:
     """A job: one (point, seed) through ``runner.run``; returns that seed's record (picklable)."""
-    from avbench import runner
 
     summary = runner.run(rr)
     s = summary["seeds"][0]
@@ -458,7 +228,6 @@ def run_seed(rr: Any) -> dict[str, Any]:
 def _request(req: SweepRequest, name: str, strategy: str, point: dict[str, str], tag_value: str) -> Any:
     """The point's RunRequest (no seeds yet). A grid-less sweep's is exactly ``avbench run``'s (no sweep
     tags, so the same run name and a main row); ``--tuned`` goes under ``--set`` and the point."""
-    from avbench import runner
 
     tags = {} if req.grid.empty else {TAG_CREATED_BY: f"sweep:{name}", TAG_SWEEP_PREFIX + name: tag_value}
     rr = runner.RunRequest(
@@ -467,7 +236,6 @@ def _request(req: SweepRequest, name: str, strategy: str, point: dict[str, str],
         cache_root=req.cache_root, progress=False, skip_finished=True, save_model=req.save_model,
         recipe_name=req.recipe_name, preset=req.preset, extra_tags=tags)
     if req.tuned:
-        from avbench.tune import apply_tuned
 
         rr = apply_tuned(rr, "auto")
     return rr
@@ -475,7 +243,6 @@ def _request(req: SweepRequest, name: str, strategy: str, point: dict[str, str],
 
 def _plan(req: SweepRequest, name: str, strategy: str, point: dict[str, str]) -> _Plan:
     """Resolve the point and make its parent run, in the driver (``runner.run`` with no seeds)."""
-    from avbench import runner
 
     tag_value = json.dumps({"point": point, "x": req.grid.x_key, "axes": req.grid.swept_keys}, sort_keys=True)
     plan = _Plan(strategy, point, tag_value)
@@ -498,8 +265,6 @@ def _plan(req: SweepRequest, name: str, strategy: str, point: dict[str, str]) ->
 
 def _jobs(req: SweepRequest, plans: list[_Plan], tracker: Any) -> list[Any]:
     """One job per seed without a finished child; finished seeds are recorded as skipped."""
-    from avbench.executor import Job
-    from avbench.tracking import metric_name
 
     jobs = []
     for i, plan in enumerate(plans):
@@ -522,7 +287,6 @@ def _jobs(req: SweepRequest, plans: list[_Plan], tracker: Any) -> list[Any]:
 def _drive(ex: Any, jobs: list[Any], plans: list[_Plan], n_seeds: int, progress: Any,
            on_point: Callable[[int, int, PointResult], None] | None) -> None:
     """Submit every job, record each outcome as it arrives; ``on_point`` when a point's seeds are all in."""
-    from avbench.tracking import metric_name
 
     labels = {j.key: j.label for j in jobs}
     for job in jobs:
@@ -559,7 +323,6 @@ def _job_line(progress: Any, label: str, s: SeedResult, plan: _Plan) -> str:
 
 
 def _point_result(plan: _Plan, seeds: list[int]) -> PointResult:
-    from avbench.metrics.stats import mean_std_ci
 
     per_seed = [plan.seeds[s] for s in seeds if s in plan.seeds]
     statuses = {s.status for s in per_seed}
@@ -578,7 +341,6 @@ def _point_result(plan: _Plan, seeds: list[int]) -> PointResult:
 
 
 def _tracker(results_dir: str) -> Any:
-    from avbench.tracking import Tracker
 
     return Tracker(results_dir)
 
@@ -599,8 +361,6 @@ def _existing_parent(rr: Any, name: str, seeds: list[int]) -> dict[str, Any] | N
     """The point's parent when it exists, was not created by this sweep and has every seed finished: a
     summary of it read from MLflow (nothing written). None otherwise (``runner.run`` then finds or
     makes the parent as usual)."""
-    from avbench import runner
-    from avbench.tracking import Tracker
 
     r = runner.resolve(rr)
     plan = runner.make_plan(rr, r)
@@ -644,7 +404,6 @@ def _record_members(tracker: Any, name: str, plans: list[_Plan]) -> None:
         if found:
             run_id = found[0].info.run_id
         else:
-            from avbench.tracking import source_tags
 
             run_id = tracker.client.create_run(exp, run_name=f"sweep:{name}", tags={
                 TAG_KIND: "sweep", TAG_SWEEP_NAME: name, TAG_CREATED_BY: f"sweep:{name}",
@@ -652,7 +411,3 @@ def _record_members(tracker: Any, name: str, plans: list[_Plan]) -> None:
             tracker.client.set_terminated(run_id, "FINISHED")
         for plan in members:
             tracker.client.set_tag(run_id, TAG_MEMBER_PREFIX + plan.summary["parent_run_id"], plan.tag_value)
-
-
-def format_point(point: dict[str, str]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in point.items())

@@ -28,7 +28,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     3: ("avbench.registry", "avbench_strategies", "avbench.tracking", "avbench.record", "avbench.results",
         "avbench.config_file", "avbench.authors_checkpoint", "avbench.publish"),
     4: ("avbench.runner", "avbench.resolve", "avbench.seed", "avbench.artifacts", "avbench.evaluation",
-        "avbench.tune", "avbench.sweep", "avbench.bench", "avbench.analysis", "avbench.report",
+        "avbench.tune", "avbench.sweep", "avbench.sweep_grid", "avbench.bench", "avbench.analysis", "avbench.report",
         "avbench.executor", "avbench.testing"),
     5: ("avbench.cli", "avbench.commands", "avbench.__main__"),
 }
