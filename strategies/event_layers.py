@@ -1,5 +1,8 @@
 """``event_layers``: multisensory event-specific fusion layers (paper 003, section 3).
 
+One file for the method, as timm keeps one file per model family (over 400 lines on purpose: the five
+heads, the two readings of the paper's vote and the separate unimodal baselines belong together).
+
 Five heads read the same per-step audio and visual features and pool them differently, each with
 its own fully-connected classifier; the training loss is the equally weighted sum of the five
 per-head losses (paper eq. 4):

@@ -1,5 +1,8 @@
 """UAVM and its two baselines, built as the authors built them (Gong et al., "UAVM").
 
+One file for the model family, as timm keeps one file per family (over 400 lines on purpose: the three
+models share their blocks, their initialisation and their key map to the authors' checkpoints).
+
 The three models follow the authors' ``src/models/mm_trans.py`` (YuanGongND/uavm) layer for layer,
 so their released ``.pth`` files load (``avbench eval --checkpoint``, ``run --init-from``) and give
 their logits:

@@ -1,5 +1,8 @@
 """``vq_codes``: discrete unified codes for cross-modal generalisation (paper 002, Uni-Code / CMG).
 
+One file for the whole model family, as timm keeps one file per family (over 400 lines on purpose):
+a strategy author reads one method end to end here; its building blocks live in avbench/nn/ (vq, club, cpc).
+
 Two stages. **Pretraining** (no labels) maps audio and video into one shared codebook so that steps
 with the same meaning get the same code; **downstream** freezes all of it and trains a small decoder
 on the codes of one modality, which can then be tested on the other (the cross-modal protocol).

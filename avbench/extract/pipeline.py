@@ -1,5 +1,9 @@
 """``avbench extract``: raw media -> an avbench feature cache, resumable and shardable.
 
+Over 400 lines on purpose: the pipeline is one resumable flow (plan, models, preallocation, the
+streaming loop, the manifest); its parts with a job of their own are beside it (decode, audio, loader,
+models, onsets, distributed).
+
 Flow: the dataset card reads the official label files into a clip list (media that is not on disk is
 listed in ``missing.txt`` and left out); the audio and video timm models are built and probed for
 their output sizes; the audio statistics come from the card or are measured (``--compute-norm``);

@@ -1,5 +1,8 @@
 """One strategy's tuning: its request, its Optuna study, its MLflow tuning parent, and its trials.
 
+Over 400 lines because a trial's life (suggest, train per seed, score, record in Optuna and MLflow,
+resume) is one story; selection rules are in select.py, the search space in space.py, storage in store.py.
+
 A trial trains the suggested configuration on every trial seed over the fit rows (training rows minus
 the validation hold-out) and is scored on the validation split; the test split is never opened. Each
 seed's validation accuracy, mAP and loss (cross-entropy of the strategy's logits; BCE for multilabel)
