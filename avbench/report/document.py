@@ -29,7 +29,14 @@ from typing import Any
 
 from avbench import results
 from avbench.errors import UserError
-from avbench.report import section_analyses, section_comparison, section_cost, section_robustness, section_sweeps
+from avbench.report import (
+    section_analyses,
+    section_comparison,
+    section_cost,
+    section_replication,
+    section_robustness,
+    section_sweeps,
+)
 from avbench.report.blocks import Heading, Para, to_html, to_markdown
 from avbench.report.builder import Builder
 from avbench.report.cells import converged_json
@@ -83,7 +90,9 @@ def _tuned_json(tuned: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def build_report(tracker: Any, dataset: str, out: str | Path, *, n_boot: int | None = None,
-                 command: str | None = None) -> ReportResult:
+                 command: str | None = None, replicates: list[tuple[str, Any]] | None = None) -> ReportResult:
+    """``replicates``: (what to call it, tracker) of other results directories of the same protocol run
+    with another sampler seed and/or data seed; with any, the report has a Replication section."""
     import avbench
 
     out = Path(out)
@@ -91,6 +100,12 @@ def build_report(tracker: Any, dataset: str, out: str | Path, *, n_boot: int | N
     if not infos:
         raise UserError(f"no finished runs for dataset '{dataset}' in {tracker.uri} "
                         f"(run 'avbench run --dataset {dataset} ...' first)")
+    others = []
+    for source, other in replicates or []:
+        got = gather(other, dataset, analyses=False)
+        if not got:
+            raise UserError(f"no finished runs for dataset '{dataset}' in replicate {source} ({other.uri})")
+        others.append((source, got))
     figs = out / "figures"
     if figs.exists():
         shutil.rmtree(figs)
@@ -104,12 +119,14 @@ def build_report(tracker: Any, dataset: str, out: str | Path, *, n_boot: int | N
     for line in provenance_warnings(infos):
         b.add(Para(line))
         b.missing.append(line.replace("**", ""))
-    b.add(Para("Contents: [Comparison](#comparison) · [Sweeps](#sweeps) · "
+    b.add(Para("Contents: [Comparison](#comparison) · "
+               + ("[Replication](#replication) · " if others else "") + "[Sweeps](#sweeps) · "
                "[Representation analyses](#representation-analyses-uavm-figs-3-5) · [Robustness](#robustness) · "
                "[Event types](#event-types) · [Accuracy against cost](#accuracy-against-cost) · "
                "[Missing pieces](#missing-pieces)"))
     section_comparison.settings(b)
     section_comparison.comparison(b)
+    replicated = section_replication.replication(b, section_replication.make_replicates(b, others))
     section_sweeps.sweeps(b)
     section_analyses.analyses(b)
     section_robustness.robustness(b)
@@ -128,6 +145,8 @@ def build_report(tracker: Any, dataset: str, out: str | Path, *, n_boot: int | N
          "git_dirty": r.git_dirty, "tuned": _tuned_json(r.tuned)} for r in infos],
         "missing": list(dict.fromkeys(b.missing)), "figures": [str(p.relative_to(out)) for p in b.figures],
         "merged": {str(k): v.index for k, v in b.merged.items()}}
+    if replicated is not None:
+        summary["replication"] = replicated
     for row in summary["rows"]:
         info = next(r for r in infos if r.index == row["index"])
         row["chance"] = b.chance_of(info)
