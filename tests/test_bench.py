@@ -160,3 +160,30 @@ def test_timing_memory_and_peak_primitives():
     assert mem.read() - before >= 200 * 2**20
     del x
     assert matmul_rate("cpu", "fp32", (32, 64), min_seconds=0.001, windows=1) > 0
+
+
+def test_event_layers_bench_inference_receives_the_caches_onsets(tmp_path, monkeypatch):
+    """``bench --strategy event_layers`` times prediction with the test split's onsets (synthetic: ~10%
+    of steps), as evaluation runs it, not the no-onset fallback (every clip pooled continuously)."""
+    from avbench_strategies.event_layers import EventLayers
+
+    seen, original = [], EventLayers.predict
+
+    def spy(self, audio, video, onsets=None):
+        seen.append((self, onsets))
+        return original(self, audio, video, onsets=onsets)
+
+    monkeypatch.setattr(EventLayers, "predict", spy)
+    steps = 10
+    out = tmp_path / "b.json"
+    assert main(["bench", "--strategy", "event_layers", "--synthetic", "--batch-size", str(B), "--mode", "infer",
+                 "--precision", "fp32", "--no-data-path", "--output-json", str(out), "--set", f"data.steps={steps}",
+                 "--set", f"data.audio_dim={D}", "--set", f"data.video_dim={D}", "--set", f"data.classes={C}",
+                 "--set", f"embed_dim={D}", *FAST]) == 0
+    assert json.loads(out.read_text())["infer"]["column"] == "fusion"
+    assert len(seen) >= 3  # the FLOP count, the warm-up and the timed steps
+    assert all(o is not None and tuple(o.shape) == (B, steps) and o.dtype == torch.bool for _, o in seen)
+    rate = torch.stack([o for _, o in seen]).float().mean().item()
+    assert 0.02 < rate < 0.3, rate  # the synthetic cache's onset rate (0.1), not all-false
+    stats = seen[-1][0].onset_fallback_stats()
+    assert stats["eval_clips"] > 0 and stats["eval_onset_fallback_rate"] < 1.0, stats  # 1.0 without onsets

@@ -469,8 +469,11 @@ def bench_infer(engine: Any, batch_size: int, warmup: int, steps: int, probe: Ra
     def call(b: Any, fn: Callable = predict) -> Any:
         a = b.audio if column in ("audio", "fusion") else None
         v = b.video if column in ("video", "fusion") else None
+        # The test split's onsets, as evaluation passes them (train/evaluate.py): without them an
+        # onset-aware strategy (event_layers) would time its no-onset fallback instead.
+        extra = {"onsets": b.onsets} if caps.onsets else {}
         with torch.no_grad(), autocast(engine.device, engine.recipe.amp):
-            return fn(a, v)
+            return fn(a, v, **extra)
 
     flops, _ = _guard_oom(engine, lambda: count_flops(lambda: call(batches[0], strategy.predict)))
     for i in range(warmup):
