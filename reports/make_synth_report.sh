@@ -17,8 +17,16 @@
 # configuration is not tuned again (--skip-tuned), finished seeds and recorded analyses are skipped;
 # delete $RESULTS to start from scratch.
 #
+# Replication (docs/reports.md "Replication"): SAMPLER_REPLICATES=R also runs steps 1-2 with tuning
+# sampler seeds SAMPLER_SEED+1 .. SAMPLER_SEED+R-1 on the same data, each into $RESULTS-sampler<r>;
+# DATA_REPLICATES=R runs them on synth data generated from data seeds 1 .. R-1 (sampler seed
+# SAMPLER_SEED), each into $RESULTS-data<r>. The report then compares every replicate with $RESULTS
+# (avbench report --replicate DIR): Kendall tau per column, order flips, calls that survive, and
+# intervals over replicates and seeds. Each replicate costs about what steps 1-2 cost (most of the hour).
+#
 #   reports/make_synth_report.sh                      # results in results/synth-report
 #   RESULTS=/tmp/r OUT=/tmp/report JOBS=2 BUDGET=16 MAX_STEPS=540 reports/make_synth_report.sh
+#   SAMPLER_REPLICATES=2 DATA_REPLICATES=2 reports/make_synth_report.sh   # + one sampler and one data replicate
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +41,9 @@ MAX_STEPS="${MAX_STEPS:-540}"  # per-trial step budget: 30 epochs of the tuning 
 SELECT="${SELECT:-val_mAP}"    # the trial score (avbench tune --select; docs/tuning-and-sweeps.md says why)
 CONFIRM="${CONFIRM:-0}"        # top trials retrained on 2 fresh seeds before the choice (0: off; each adds 2 trainings)
 REPLICATES="${REPLICATES:-1}"  # whole selections with sampler seeds 0..R-1 (each stored; replicate 0 is used)
+SAMPLER_SEED="${SAMPLER_SEED:-0}"            # the tuning sampler seed of $RESULTS (replicate R0)
+SAMPLER_REPLICATES="${SAMPLER_REPLICATES:-1}"  # protocol replicates with sampler seeds SAMPLER_SEED+0..R-1 (R0 = $RESULTS)
+DATA_REPLICATES="${DATA_REPLICATES:-1}"        # protocol replicates on synth data seeds 0..R-1 (R0 = $RESULTS)
 # Longest tuning first (measured, minutes of one core for 16 trials: vq_codes 16.7, cross_attention 13.3,
 # mbt 12.7, independent 8.5, uavm 7.9, event_layers 1.6, the others about 1):
 # the executor gives a free slot to the first idle strategy in this order, so the quick
@@ -49,20 +60,37 @@ STRATEGY_CSV="$(IFS=,; echo "${STRATEGY_LIST[*]}")"
 
 DATA=(--dataset synth --set "data.train_clips=${TRAIN_CLIPS:-960}" --set "data.test_clips=${TEST_CLIPS:-480}")
 
-# 1. Tuning: one avbench tune for every strategy, JOBS trials at a time (trials of different strategies
-#    at once, each strategy's one after another, so the result does not depend on JOBS). Every strategy
-#    gets the same flags; the step budget is given explicitly so it is identical whichever strategy's
-#    recipe would set it. --skip-tuned leaves out strategies tuned by an earlier, interrupted run.
-"${ON_EXECUTOR[@]}" tune --strategy "$STRATEGY_CSV" "${DATA[@]}" --budget "$BUDGET" --max-steps "$MAX_STEPS" \
-  --select "$SELECT" --confirm "$CONFIRM" --replicates "$REPLICATES" \
-  --results-dir "$RESULTS" --skip-tuned --no-progress -q "${EXECUTOR[@]}" \
-  || echo "tuning failed for some strategies (listed above and in the report's missing pieces)"
-# 2. Final runs: each tuned configuration on the whole training split, every seed, tested: a sweep
-#    without a grid, so every (strategy, seed) is one job and the records are avbench run's (main rows).
-#    Finished seeds are skipped; a strategy without a tuned configuration fails alone.
-"${ON_EXECUTOR[@]}" sweep --strategy "$STRATEGY_CSV" "${DATA[@]}" --tuned --seeds "$SEEDS" --results-dir "$RESULTS" \
-  --set train.validation=train-on-all --set train.eval_every_epoch=false --no-progress "${EXECUTOR[@]}" \
-  || echo "final runs failed for some strategies (listed above)"
+# Steps 1-2 are the protocol a replicate repeats: protocol RESULTS_DIR SAMPLER_SEED [--set data.seed=D].
+protocol() {
+  local results="$1" sampler_seed="$2"
+  shift 2
+  local data=("${DATA[@]}" "$@")
+  # 1. Tuning: one avbench tune for every strategy, JOBS trials at a time (trials of different strategies
+  #    at once, each strategy's one after another, so the result does not depend on JOBS). Every strategy
+  #    gets the same flags; the step budget is given explicitly so it is identical whichever strategy's
+  #    recipe would set it. --skip-tuned leaves out strategies tuned by an earlier, interrupted run.
+  "${ON_EXECUTOR[@]}" tune --strategy "$STRATEGY_CSV" "${data[@]}" --budget "$BUDGET" --sampler-seed "$sampler_seed" --max-steps "$MAX_STEPS" \
+    --select "$SELECT" --confirm "$CONFIRM" --replicates "$REPLICATES" \
+    --results-dir "$results" --skip-tuned --no-progress -q "${EXECUTOR[@]}" \
+    || echo "tuning failed for some strategies (listed above and in the report's missing pieces)"
+  # 2. Final runs: each tuned configuration on the whole training split, every seed, tested: a sweep
+  #    without a grid, so every (strategy, seed) is one job and the records are avbench run's (main rows).
+  #    Finished seeds are skipped; a strategy without a tuned configuration fails alone.
+  "${ON_EXECUTOR[@]}" sweep --strategy "$STRATEGY_CSV" "${data[@]}" --tuned --seeds "$SEEDS" --results-dir "$results" \
+    --set train.validation=train-on-all --set train.eval_every_epoch=false --no-progress "${EXECUTOR[@]}" \
+    || echo "final runs failed for some strategies (listed above)"
+}
+
+protocol "$RESULTS" "$SAMPLER_SEED"
+REPLICATE_ARGS=()
+for ((r = 1; r < SAMPLER_REPLICATES; r++)); do
+  protocol "$RESULTS-sampler$r" "$((SAMPLER_SEED + r))"
+  REPLICATE_ARGS+=(--replicate "$RESULTS-sampler$r")
+done
+for ((r = 1; r < DATA_REPLICATES; r++)); do
+  protocol "$RESULTS-data$r" "$SAMPLER_SEED" --set "data.seed=$r"
+  REPLICATE_ARGS+=(--replicate "$RESULTS-data$r")
+done
 
 # 3. UAVM Fig. 2 at CPU widths, at the tuned UAVM configuration: shared width S_dim, and N_s shared
 #    layers with N + N_s = 6. A failed point is listed at the end of its command and in the report.
@@ -88,4 +116,4 @@ A=(--dataset synth --results-dir "$RESULTS" --skip-done --no-plots)
 "$AVBENCH" analyze "${A[@]}" --what probe,retrieval,attention,event-types || true
 "$AVBENCH" analyze "${A[@]}" --what tsne,robustness --seeds 0 --sweep-points exclude || true
 
-"$AVBENCH" report --dataset synth --out "$OUT" --results-dir "$RESULTS"
+"$AVBENCH" report --dataset synth --out "$OUT" --results-dir "$RESULTS" ${REPLICATE_ARGS[@]+"${REPLICATE_ARGS[@]}"}
