@@ -151,9 +151,19 @@ def test_the_cross_attention_file_is_told_apart_by_its_2T_positions():
 def test_their_released_modal_independent_model_is_uavm_without_shared_layers():
     """Their released modal-independent checkpoints are UnifiedTrans with depth_i 6, depth_s 0."""
     state = authors_state("UnifiedTrans", 12, 6, 0)
+    g = torch.Generator().manual_seed(1)
+    audio, video = torch.randn(3, T, DA, generator=g), torch.randn(3, T, DV, generator=g)
+    preds = []
     for cls in ("UnifiedTrans", "SeperateTrans"):
         m = model(cls, 6, 0, 12, 0)
         m.load_state_dict(map_reference(m, state), strict=True)
+        assert not [k for k in m.state_dict() if k.startswith(("shared.", "a_top.", "v_top."))]  # no shared layers
+        assert torch.equal(m.a_head.fc.weight, state["a_mlp.1.weight"])
+        assert torch.equal(m.v_head.fc.weight, state["v_mlp.1.weight"])
+        with torch.no_grad():
+            preds.append(m.eval().predict(audio, video))
+    # Same file, same architecture under either name: the same predictions.
+    assert preds[0].shape == (3, C) and torch.allclose(preds[0], preds[1])
 
 
 def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):

@@ -5,9 +5,7 @@ marker in every panel, labels do not overlap, and every axis says what it measur
 import numpy as np
 import pytest
 
-from avbench.report import plots
-
-pytest.importorskip("matplotlib")
+from avbench.report import plots  # matplotlib is a core dependency (pyproject.toml): no skip without it
 
 
 def _errorbar_segments(ax):
