@@ -89,6 +89,9 @@ def test_a_call_of_one_replicate_only_does_not_survive(report):
     assert ["D", "B"] not in col["calls"]["R1"]
     assert sorted(col["surviving_calls"]) == [["A", "B"], ["A", "C"], ["A", "D"], ["C", "D"]]
     assert {tuple(d["pair"]) for d in col["calls_in_some_replicates"]} == {("B", "C"), ("B", "D")}
+    # Across replicates (hierarchical bootstrap): the flipped pair is not called, a pair apart in both is.
+    hier = {tuple(h["pair"]): h["sign"] for h in col["hierarchical_calls"]}
+    assert hier[("B", "C")] == 0 and hier[("A", "B")] == 1 and hier[("C", "D")] == 1
     # The audio column is R0's fusion column shifted: the same replicate numbers.
     audio = report[0]["replication"]["columns"]["audio"]
     assert audio["kendall_tau"][0]["tau"] == pytest.approx(4 / 6)
@@ -129,3 +132,13 @@ def test_replicate_that_is_not_a_directory_is_a_user_error(stores, tmp_path, cap
     assert main(["report", "--dataset", "synth", "--out", str(tmp_path / "o"), "--results-dir", str(stores[0]),
                  "--replicate", str(tmp_path / "nope")]) == 2
     assert "--replicate" in capsys.readouterr().err
+
+
+def test_rows_missing_from_a_replicate_are_left_out_and_named():
+    k = {n: (n, "standard", "acc") for n in "ABE"}
+    r0 = {k["A"]: {0: 0.8, 1: 0.82}, k["B"]: {0: 0.6, 1: 0.62}, k["E"]: {0: 0.7, 1: 0.71}}
+    r1 = {k["A"]: {0: 0.6, 1: 0.61}, k["B"]: {0: 0.8, 1: 0.81}}
+    c = rp.replicate_column("fusion", [r0, r1], [{}, {}])
+    assert c.keys == [k["A"], k["B"]] and c.left_out == [k["E"]]
+    assert c.tau[(0, 1)] == pytest.approx(-1.0) and c.flips[(0, 1)] == [(k["A"], k["B"])]
+    assert rp.column_json(c, ["R0", "R1"])["left_out"] == ["E"]

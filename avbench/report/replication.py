@@ -200,6 +200,7 @@ class ColumnReplication:
     partial: list[dict[str, Any]] = field(default_factory=list)
     hier: dict[tuple[Key, Key], HierCall] = field(default_factory=dict)
     rows: dict[Key, dict[str, Any]] = field(default_factory=dict)  # spreads and hierarchical interval
+    left_out: list[Key] = field(default_factory=list)  # rows with this column in some replicates only
 
 
 def replicate_column(column: str, per_seed: Sequence[Mapping[Key, Mapping[int, float]]],
@@ -209,6 +210,7 @@ def replicate_column(column: str, per_seed: Sequence[Mapping[Key, Mapping[int, f
     keys = sorted(set.intersection(*(set(k for k, v in p.items() if v) for p in per_seed)))
     means = [{k: float(np.mean(list(p[k].values()))) for k in keys} for p in per_seed]
     out = ColumnReplication(column, keys, means)
+    out.left_out = sorted(set().union(*(set(k for k, v in p.items() if v) for p in per_seed)) - set(keys))
     for i in range(len(per_seed)):
         for j in range(i + 1, len(per_seed)):
             out.tau[(i, j)] = kendall([means[i][k] for k in keys], [means[j][k] for k in keys])
@@ -236,6 +238,7 @@ def column_json(c: ColumnReplication, labels: Sequence[str]) -> dict[str, Any]:
         "flips": [{"a": labels[i], "b": labels[j], "pairs": [pair(p) for p in f]} for (i, j), f in sorted(c.flips.items())],
         "calls": {labels[i]: [pair(p if s > 0 else (p[1], p[0])) for p, s in sorted(cl.items()) if s]
                   for i, cl in enumerate(c.calls)},
+        "left_out": [key_text(k) for k in c.left_out],
         "surviving_calls": [pair(p) for p in c.surviving],
         "calls_in_some_replicates": [{"pair": pair(d["pair"]), "signs": d["signs"]} for d in c.partial],
         "hierarchical_calls": [{"pair": pair(p), "sign": h.sign, "diff": h.diff, "ci_low": h.ci_low,

@@ -128,6 +128,10 @@ def replication(rep: Builder, reps: list[Replicate]) -> dict[str, Any] | None:
                       [[f"{labels[i]}-{labels[j]}", "-" if not math.isfinite(t) else f"{t:.2f}", len(c.keys),
                         "; ".join(f"{rp.key_text(x)} / {rp.key_text(y)}" for x, y in c.flips[(i, j)]) or "none"]
                        for (i, j), t in sorted(c.tau.items())]))
+        if c.left_out:
+            names = ", ".join(rp.key_text(k) for k in c.left_out)
+            rep.add(Para(f"Left out of this column (not in every replicate): {names}."))
+            rep.missing.append(f"replication, {TITLES[col]}: not in every replicate: {names}")
         rep.add(Para("Calls that hold in every replicate: " + (", ".join(_pair(p) for p in c.surviving) or "none")
                      + ". Calls made in some replicates only: "
                      + (", ".join(f"{rp.key_text(d['pair'][0])} vs {rp.key_text(d['pair'][1])} ("
