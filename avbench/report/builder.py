@@ -32,6 +32,7 @@ class Builder:
         self.merged = merge_identical(infos)  # dropped row index -> the row shown for it
         self._chance = [(g, chance_levels(g)) for g in comparable_groups(infos)]
         self._set_fields: dict[int, dict[str, str] | None] = {}
+        self.replication: dict[str, Any] = {}  # column -> replication.ColumnReplication (with --replicate)
 
     def shown(self, rows: list[RowInfo]) -> list[RowInfo]:
         """``rows`` without those merged into an identical row."""

@@ -16,8 +16,9 @@ or skipped (with the strategy's reason), columns a strategy does not evaluate, a
 The parts, each a module of ``avbench.report``: ``blocks`` (the block model and its Markdown/HTML
 renderers), ``gather`` (rows from MLflow), ``cells`` (how numbers are written), ``compare`` (which rows
 are compared, Holm families, chance levels, identical rows), ``builder`` (the report in the making)
-and the sections (``section_comparison``, ``section_sweeps``, ``section_analyses``,
-``section_robustness``, ``section_cost``). This module puts them in order.
+and the sections (``section_comparison``, ``section_replication`` with ``replication``'s numbers,
+``section_sweeps``, ``section_analyses``, ``section_robustness``, ``section_cost``). This module puts
+them in order; other results directories given as replicates are gathered here too.
 """
 
 from __future__ import annotations
@@ -125,8 +126,11 @@ def build_report(tracker: Any, dataset: str, out: str | Path, *, n_boot: int | N
                "[Event types](#event-types) · [Accuracy against cost](#accuracy-against-cost) · "
                "[Missing pieces](#missing-pieces)"))
     section_comparison.settings(b)
+    reps = section_replication.make_replicates(b, others)
+    if len(reps) > 1:  # before the comparison: its table shows each row's interval over replicates too
+        b.replication = section_replication.compute(reps)
     section_comparison.comparison(b)
-    replicated = section_replication.replication(b, section_replication.make_replicates(b, others))
+    replicated = section_replication.replication(b, reps)
     section_sweeps.sweeps(b)
     section_analyses.analyses(b)
     section_robustness.robustness(b)

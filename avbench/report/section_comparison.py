@@ -83,6 +83,12 @@ def comparison(rep: Builder) -> None:
                   "t-interval of the mean over seeds in parentheses. Parameters and throughput (clips/s, "
                   "training and inference) are means over seeds; throughput depends on the machine and its "
                   "load and is the only part of this report that changes when it is regenerated."))
+    if rep.replication:
+        rep.add(Para("⟨low, high⟩ after a cell: the row's 95% interval over the replicates and their seeds "
+                     "(a two-stage bootstrap; see [Replication](#replication)), which also counts the "
+                     "randomness of the tuning and the data; the interval before it counts this results "
+                     "directory's seeds only. With few seeds the bootstrap interval can be narrower than the "
+                     "t-interval where the replicates agree; it widens where they disagree."))
     _table(rep, main, "Main rows")
     if swept:
         rep.add(Heading(3, "Sweep points"))
@@ -181,7 +187,7 @@ def _table(rep: Builder, rows: list[RowInfo], _title: str) -> None:
         chance = rep.chance_of(r)
         cells = [cell(t.cells.get(c), t.primary) + marks.get((r.index, c), "")
                  + ("°" if results.not_above_chance(t.cells.get(c) or {}, chance.get(c)) else "")
-                 for c in COLUMNS]
+                 + _over_replicates(rep, r, c) for c in COLUMNS]
         sweep = next(iter(sorted(r.sweeps)), None) if r.from_sweep else None
         body.append([r.short, t.name, config_label(t, [x.row for x in rep.infos]) or "-",
                      configured(r.tuned, sweep, rep.set_fields(r)),
@@ -191,6 +197,20 @@ def _table(rep: Builder, rows: list[RowInfo], _title: str) -> None:
                        rate(t.extra.get("eval_clips_per_s")), r.group])
     rep.add(Table(["#", "strategy", "config", "configured", "protocol", "metric", "seeds", "Audio", "Video", "Fusion",
                     "converged", "params", "train clips/s", "infer clips/s", "group"], body))
+
+
+def _over_replicates(rep: Builder, r: RowInfo, col: str) -> str:
+    """`` ⟨low, high⟩``: the row's interval over replicates and seeds, where replicates were given."""
+    c = rep.replication.get(col)
+    key = (r.row.name, r.row.protocol, r.row.primary)
+    twins = [x for x in rep.shown(rep.infos) if not x.from_sweep and (x.row.name, x.row.protocol, x.row.primary) == key]
+    if c is None or r.from_sweep or len(twins) != 1:  # a name on two caches: replicates matched the first only
+        return ""
+    got = c.rows.get(key)
+    if not got:
+        return ""
+    iv = got["interval"]
+    return f" ⟨{pct(iv['ci_low'])}, {pct(iv['ci_high'])}⟩"
 
 
 def _pairwise(rep: Builder, rows: list[RowInfo], col: str) -> None:

@@ -114,7 +114,7 @@ def replication(rep: Builder, reps: list[Replicate]) -> dict[str, Any] | None:
                  "call is one of the report's Holm-corrected calls (see How differences are called) made with "
                  "the same sign in every replicate."))
     rep.add(Bullets([f"{r.label}: {r.source} ({describe(r.infos)}; {len(r.main)} row(s))" for r in reps]))
-    cols = compute(reps, rp.N_BOOT)
+    cols = rep.replication or compute(reps, rp.N_BOOT)
     summary: dict[str, Any] = {"replicates": [{"label": r.label, "source": r.source, "seeds": describe(r.infos)}
                                               for r in reps], "columns": {}}
     if not cols:
