@@ -89,6 +89,9 @@ class Capabilities:
     cross_modal: bool = False  # train on one modality, test on the other
     heads: bool = False  # named per-head logits through ``head_logits``
     onsets: bool = False  # ``predict``/``head_logits`` take ``onsets=[B, T] bool`` (audio onsets per step)
+    # ``predict(a, v)`` is exactly ``torch.stack([predict(a, None), predict(None, v)]).mean(0)``: the harness
+    # then derives the Fusion column from the two single-modality passes instead of a third pass.
+    fusion_is_mean: bool = False
     reasons: Mapping[str, str] = field(default_factory=dict)
 
     def why_not(self, capability: str) -> str:

@@ -26,6 +26,7 @@ import torch
 
 from avbench import config as cfgmod
 from avbench import config_file, fsguard, registry, results
+from avbench import profile as prof
 from avbench.api import PRIMARY
 from avbench.artifacts import write_json
 from avbench.authors_checkpoint import init_key
@@ -68,7 +69,8 @@ def run(req: RunRequest) -> dict[str, Any]:
     # dataset cache is written once, and only rank 0 talks to MLflow.
     ctx = distributed.setup(req.device)
     try:
-        r = distributed.main_first(lambda: resolve(req), ctx)
+        with prof.phase("cache"):  # generation, verification (remembered), open
+            r = distributed.main_first(lambda: resolve(req), ctx)
         check_trains(r, ctx.world)
         with _terminate_as_interrupt():
             return _run(req, r, ctx.rank, ctx.world, ctx.device)
@@ -143,7 +145,8 @@ def _run(req: RunRequest, r: Resolved, rank: int, world: int, device: torch.devi
     lead = rank == 0
     if lead:
         fsguard.check_dir(req.results_dir, "--results-dir")
-    track = open_tracking(req) if lead else Resilient(None, "not rank 0")
+    with prof.phase("tracking"):
+        track = open_tracking(req) if lead else Resilient(None, "not rank 0")
     group = GroupRecord(req.results_dir, plan.group) if lead else None
     parent = _begin_parent(track, group, plan, r)
     per_seed: list[dict[str, Any]] = []

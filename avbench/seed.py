@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from avbench import log, results
+from avbench import profile as prof
 from avbench.api import Strategy
 from avbench.artifacts import save_local
 from avbench.authors_checkpoint import init_from
@@ -83,7 +84,8 @@ def run_seed(req: RunRequest, r: Resolved, plan: Plan, track: Resilient, group: 
         wall = time.perf_counter() - t0
         metrics, result = _seed_result(req, r, plan, seed, fit, engine, strategy, device, world, wall, precision, why)
         if rec is not None:
-            save_local(rec, result, metrics, fit, r, strategy, req.save_model, plan.run_config)
+            with prof.phase("artifacts"):
+                save_local(rec, result, metrics, fit, r, strategy, req.save_model, plan.run_config)
     except KeyboardInterrupt:
         _end_seed(track, group, rec, "KILLED")
         raise
@@ -158,6 +160,8 @@ def _seed_result(req: RunRequest, r: Resolved, plan: Plan, seed: int, fit: FitRe
                              "world_size": world},
               "history": fit.history, "validation": fit.validation, "environment": results.environment(), "resumed_from_epoch": fit.resumed_from_epoch,
               "excluded_rows": engine.excluded}
+    if prof.active() is not None:  # --profile: the run's phases until this result was made
+        result["profile"] = prof.snapshot()
     result = results.finalize("seed_result", result)  # the results contract (avbench/results.py)
     return metrics, result
 

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from avbench import profile as prof
 from avbench import provenance, results
 from avbench.errors import UserError
 from avbench.metrics.stats import mean_std_ci
@@ -489,7 +490,8 @@ class Resilient:
         if not self.up:
             return None
         try:
-            return fn(self.tracker, *args, **kwargs)
+            with prof.phase("tracking"):
+                return fn(self.tracker, *args, **kwargs)
         except Exception as e:  # noqa: BLE001 - any tracking failure means "send it later"
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             self.down = f"tracking at {self.uri} failed ({type(e).__name__}{': ' + first if first else ''})"

@@ -284,7 +284,8 @@ class UAVMFamily(Strategy):
 class UAVM(UAVMFamily):
     name: ClassVar[str] = "uavm"
     variant: ClassVar[str] = "unified"
-    capabilities: ClassVar[Capabilities] = Capabilities(embeddings=True, attention=True, cross_modal=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(embeddings=True, attention=True, cross_modal=True,
+                                                        fusion_is_mean=True)  # UAVMFamily.predict
 
 
 class Independent(UAVMFamily):
@@ -297,7 +298,7 @@ class Independent(UAVMFamily):
     name: ClassVar[str] = "independent"
     variant: ClassVar[str] = "independent"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        embeddings=True, attention=True, cross_modal=False,
+        embeddings=True, attention=True, cross_modal=False, fusion_is_mean=True,  # UAVMFamily.predict
         reasons={"cross_modal": "separate heads per modality: a head trained on one modality never sees the other"})
 
 

@@ -22,7 +22,7 @@ PACKAGES = {"avbench": REPO / "avbench", "avbench_strategies": REPO / "strategie
 # (sends records to tracking); seed and artifacts are runner's parts (L4); testing is the plugin kit (L4).
 LAYERS: dict[int, tuple[str, ...]] = {
     0: ("avbench", "avbench.api", "avbench.errors", "avbench.config", "avbench.paths", "avbench.log",
-        "avbench.fsguard", "avbench.locks", "avbench.provenance", "avbench._build_stamp"),
+        "avbench.fsguard", "avbench.locks", "avbench.provenance", "avbench._build_stamp", "avbench.profile"),
     1: ("avbench.cache", "avbench.datasets", "avbench.metrics", "avbench.nn", "avbench.hardware", "avbench.extract"),
     2: ("avbench.train",),
     3: ("avbench.registry", "avbench_strategies", "avbench.tracking", "avbench.record", "avbench.results",

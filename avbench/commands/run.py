@@ -45,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-root", help="where generated dataset caches live (default: user cache dir)")
     p.add_argument("--no-save-model", action="store_true", help="do not log model weights to MLflow")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--profile", action="store_true", help="after the table, print where the run's wall time went "
+                   "(start-up, cache, tracking, training steps, validation, test evaluation, artifacts); also "
+                   "recorded under 'profile' in each seed's result.json and in --output-json")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="data-parallel training on N local processes (DDP under torchrun; one per GPU with "
                         "--device cuda, gloo on CPU); for several nodes run torchrun -m avbench run directly")
@@ -56,6 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from avbench import config as cfgmod
     from avbench import log, results, runner
+    from avbench import profile as prof
     from avbench.errors import UserError
     from avbench.report.console import print_run_summary
 
@@ -90,9 +94,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         runner.resolve(req)  # bad input fails here, once, and a dataset cache is prepared before the workers start
         rc = distributed.launch(args.nproc, worker_args(args))
         return 0 if rc == 0 else (2 if rc == 2 else 1)
+    if getattr(args, "profile", False):
+        prof.begin()  # start-up until here (Python, imports, parsing) is read from the process's start time
     summary = runner.run(req)
     if int(os.environ.get("RANK", 0)) == 0:  # one table and one JSON file per run, from rank 0
         print_run_summary(summary)
+        report = prof.end()
+        if report is not None:
+            print(prof.format_report(report))
+            summary["profile"] = report
         if args.output_json:  # the summary and its resolved config (.config.yaml) beside it
             results.write_run_outputs(args.output_json, summary)
     return 0

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from avbench import profile as prof
 from avbench.api import CAPABILITY_OF, COLUMNS, Batch, Strategy, check_protocol
 from avbench.cache.reader import FeatureCache
 from avbench.hardware import resolve_precision
@@ -397,8 +398,9 @@ class Engine:
                                                          self.strategy.stage_uses_labels(stage))
                     self.validator.begin(self.sched)
                     t0 = time.perf_counter()
-                    stats, n_clips, global_step = self.train_epoch(optimizer, stage, global_epoch, global_step)
-                    synchronize(self.device)
+                    with prof.phase("training"):  # the validation curve inside it is charged to "validation"
+                        stats, n_clips, global_step = self.train_epoch(optimizer, stage, global_epoch, global_step)
+                        synchronize(self.device)
                     dt = time.perf_counter() - t0 - self.validator.take_seconds()  # training time only
                     train_clips += n_clips
                     train_time += dt
@@ -417,8 +419,9 @@ class Engine:
                     result.history.append(row)
                     # The checkpoint first: an epoch whose metrics could not be sent is not lost.
                     if self.checkpoint_path is not None and self.rank == 0:
-                        save_checkpoint(self.checkpoint_path, self.strategy, optimizer, global_epoch + 1,
-                                        global_step, result.history, self.validator.state())
+                        with prof.phase("artifacts"):
+                            save_checkpoint(self.checkpoint_path, self.strategy, optimizer, global_epoch + 1,
+                                            global_step, result.history, self.validator.state())
                     if self.on_epoch is not None and self.rank == 0:
                         self.on_epoch(global_epoch, row)
                     global_epoch += 1
@@ -469,10 +472,13 @@ class Engine:
         """Evaluation columns the strategy supports, and the reasons for the rest."""
         return evaluation.columns(self.strategy, self.protocol)
 
-    def evaluate(self, retrieval: bool = True, on: tuple[Any, np.ndarray] | None = None) -> EvalResult:
-        """The test split's metrics, or those of rows ``on = (batch source, rows)`` (no retrieval)."""
+    def evaluate(self, retrieval: bool = True, on: tuple[Any, np.ndarray] | None = None,
+                 curve: bool = False) -> EvalResult:
+        """The test split's metrics, or those of rows ``on = (batch source, rows)`` (no retrieval).
+        ``curve``: only what the validation curve reads (``evaluate(..., curve=True)``)."""
         src, rows = on if on is not None else (self.test_src, self.test_rows)
-        return evaluation.evaluate(self.strategy, src, rows, self.recipe, self.device, protocol=self.protocol,
-                                   rank=self.rank, world=self.world,
-                                   retrieval_on=(self.test_split, self.test_rows) if retrieval and on is None
-                                   else None)
+        with prof.phase("validation" if on is not None else "test_eval"):
+            return evaluation.evaluate(self.strategy, src, rows, self.recipe, self.device, protocol=self.protocol,
+                                       rank=self.rank, world=self.world, curve=curve,
+                                       retrieval_on=(self.test_split, self.test_rows) if retrieval and on is None
+                                       else None)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from avbench.api import CAPABILITY_OF, COLUMNS, Batch, Strategy
-from avbench.metrics.classification import classification_metrics
+from avbench.metrics.classification import classification_metrics, mean_average_precision, topk_accuracy
 from avbench.metrics.multilabel import head_union_metrics
 from avbench.metrics.retrieval import retrieval_metrics, stratified_subset
 from avbench.train import augment, distributed
@@ -66,16 +66,43 @@ def columns(strategy: Strategy, protocol: str = "standard") -> tuple[list[str], 
     return cols, skipped
 
 
+def derives_fusion(strategy: Strategy, cols: list[str]) -> bool:
+    """Whether the Fusion column is the mean of the Audio and Video passes (``fusion_is_mean``)."""
+    return bool(getattr(strategy.capabilities, "fusion_is_mean", False)) and {"audio", "video", "fusion"} <= set(cols)
+
+
+def curve_columns(strategy: Strategy, protocol: str = "standard") -> list[str]:
+    """The one column the validation curve reads (the first of fusion, audio, video supported)."""
+    cols, _ = columns(strategy, protocol)
+    return [next(c for c in ("fusion", "audio", "video") if c in cols)] if cols else []
+
+
+def curve_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Accuracy and mAP exactly as ``classification_metrics`` computes them: what the validation curve
+    (its primary metric) and the convergence flag (mAP) read, without AUC, d' and top-5."""
+    y = (labels > 0).astype(np.int64)
+    return {"acc": topk_accuracy(scores, y, 1), "mAP": mean_average_precision(scores, labels)}
+
+
 @torch.no_grad()
 def evaluate(strategy: Strategy, src: Any, rows: np.ndarray, recipe: Recipe, device: torch.device, *,
              protocol: str = "standard", rank: int = 0, world: int = 1,
-             retrieval_on: tuple[Any, np.ndarray] | None = None) -> EvalResult:
+             retrieval_on: tuple[Any, np.ndarray] | None = None, curve: bool = False) -> EvalResult:
     """Metrics of ``strategy`` on ``rows`` of the batch source ``src`` (avbench/train/data.py).
 
     ``retrieval_on = (split, rows)`` adds A<->V retrieval on that split's rows (the test split's,
-    with a strategy that has per-layer embeddings and the standard protocol)."""
+    with a strategy that has per-layer embeddings and the standard protocol). ``curve``: only the
+    column the validation curve reads, with only accuracy and mAP, and no heads (same values as the
+    full evaluation). A strategy declaring ``fusion_is_mean`` gets its Fusion column as the mean of
+    the Audio and Video passes, computed with the same operation as its ``predict``: two passes, not three."""
     strategy.eval()
     cols, skipped = columns(strategy, protocol)
+    derive = derives_fusion(strategy, cols)
+    keep = curve_columns(strategy, protocol) if curve else list(cols)
+    passes = [c for c in cols if c != "fusion" or not derive]  # the predict calls made
+    if curve:
+        passes = (["audio", "video"] if keep == ["fusion"] and derive else keep)
+    cols = keep
     n = len(rows)
     bs = recipe.eval_batch_size
     logits: dict[str, list[np.ndarray]] = {c: [] for c in cols}
@@ -90,11 +117,16 @@ def evaluate(strategy: Strategy, src: Any, rows: np.ndarray, recipe: Recipe, dev
         b = eval_batch(raw, recipe)
         with autocast(device, recipe.amp):
             extra = {"onsets": b.onsets} if caps.onsets else {}
-            for c in cols:
+            out: dict[str, Tensor] = {}
+            for c in passes:
                 a = b.audio if c in ("audio", "fusion") else None
                 v = b.video if c in ("video", "fusion") else None
-                logits[c].append(strategy.predict(a, v, **extra).float().cpu().numpy())
-            if caps.heads:
+                out[c] = strategy.predict(a, v, **extra)
+            if derive and "fusion" in cols:  # the strategy's own fused rule, on the passes just made
+                out["fusion"] = torch.stack([out["audio"], out["video"]]).mean(0)
+            for c in cols:
+                logits[c].append(out[c].float().cpu().numpy())
+            if caps.heads and not curve:
                 for k, v in strategy.head_logits(b.audio, b.video, **extra).items():
                     heads.setdefault(k, []).append(v.float().cpu().numpy())
         labels.append(b.labels.cpu().numpy())
@@ -109,10 +141,11 @@ def evaluate(strategy: Strategy, src: Any, rows: np.ndarray, recipe: Recipe, dev
     out_logits = {c: np.concatenate(v) for c, v in logits.items()}
     metrics: dict[str, float] = {}
     for c, lg in out_logits.items():
-        for k, v in classification_metrics(lg, lab).items():
+        for k, v in (curve_metrics if curve else classification_metrics)(lg, lab).items():
             metrics[f"{c}/{k}"] = v
     out_heads = {k: np.concatenate(v) for k, v in heads.items()}
-    metrics.update(head_union_metrics(out_heads, lab))  # paper 003 Table 2: union of the heads' argmax
+    if not curve:
+        metrics.update(head_union_metrics(out_heads, lab))  # paper 003 Table 2: union of the heads' argmax
     if retrieval_on is not None:
         if caps.embeddings and protocol == "standard":
             split, split_rows = retrieval_on

@@ -219,7 +219,7 @@ class Validator:
             return
         src, rows = self.on
         t0 = time.perf_counter()
-        ev = self.engine.evaluate(retrieval=False, on=(src, rows))
+        ev = self.engine.evaluate(retrieval=False, on=(src, rows), curve=True)  # the curve's column and metrics only
         self.engine.strategy.train()
         self.seconds += time.perf_counter() - t0
         cols = [c for c in ("fusion", "audio", "video") if f"{c}/{self._primary()}" in ev.metrics]
