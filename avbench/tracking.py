@@ -146,9 +146,59 @@ def _store_state(db: Path) -> tuple[str, int]:
     return ("ok" if version == _get_latest_schema_revision() else "outdated"), runs
 
 
-def _build_on_copy(db: Path, source: Path | None) -> None:
-    """Create (``source`` None) or migrate a copy of ``source`` beside ``db``, then rename it into place:
-    a full disk or a kill in the middle leaves the old store (or none) and no temporary file."""
+def store_template() -> Path | None:
+    """Where an empty, current store made by this MLflow is kept for the next new results dir:
+    ``<cache root>/mlflow-store/<mlflow version>-<alembic head revision>.db``. Creating a store runs
+    every alembic migration (seconds, issue 27); copying a finished empty one is a file copy. The name
+    ties it to the MLflow version and schema head, and ``prepare_sqlite_store`` uses it only when its
+    ``alembic_version`` row is that head and it holds no run (``_store_state``), as for any store."""
+    try:
+        import mlflow
+        from mlflow.store.db.utils import _get_latest_schema_revision
+
+        from avbench.paths import cache_root
+
+        return cache_root() / "mlflow-store" / f"{mlflow.__version__}-{_get_latest_schema_revision()}.db"
+    except Exception:  # noqa: BLE001 - no template: the store is created the usual way
+        return None
+
+
+def _keep_template(db: Path, template: Path | None) -> None:
+    """Copy the just-created empty store to ``template`` (atomically; any failure: no template)."""
+    import sqlite3
+
+    if template is None:
+        return
+    tmp = template.with_name(f".{template.name}.{os.getpid()}.tmp")
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(db)) as src, contextlib.closing(sqlite3.connect(tmp)) as dst:
+            src.backup(dst)
+        os.replace(tmp, template)
+    except (OSError, sqlite3.Error):
+        pass
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+def _create_store(db: Path) -> None:
+    """A new store: a copy of the template when there is a valid one, else created (and kept as one)."""
+    template = store_template()
+    if template is not None and template.exists() and _store_state(template) == ("ok", 0):
+        _build_on_copy(db, template, migrate=False)
+        if _store_state(db) == ("ok", 0):
+            return
+        os.replace(db, db.with_name(f"{db.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}"))  # never expected
+    _build_on_copy(db, None)
+    _keep_template(db, template)
+
+
+def _build_on_copy(db: Path, source: Path | None, migrate: bool = True) -> None:
+    """Create (``source`` None) or migrate a copy of ``source`` beside ``db`` (``migrate=False``: copy
+    only), then rename it into place: a full disk or a kill in the middle leaves the old store (or
+    none) and no temporary file."""
     import sqlite3
 
     import sqlalchemy
@@ -159,14 +209,15 @@ def _build_on_copy(db: Path, source: Path | None) -> None:
         if source is not None:
             with contextlib.closing(sqlite3.connect(source)) as src, contextlib.closing(sqlite3.connect(tmp)) as dst:
                 src.backup(dst)
-        engine = sqlalchemy.create_engine(f"sqlite:///{tmp}")
-        try:
-            if source is None:
-                _initialize_tables(engine)
-            else:
-                _upgrade_db(engine)
-        finally:
-            engine.dispose()
+        if source is None or migrate:
+            engine = sqlalchemy.create_engine(f"sqlite:///{tmp}")
+            try:
+                if source is None:
+                    _initialize_tables(engine)
+                else:
+                    _upgrade_db(engine)
+            finally:
+                engine.dispose()
         os.replace(tmp, db)
     except Exception as e:  # noqa: BLE001 - any failure: the original stays as it was
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
@@ -188,7 +239,7 @@ def prepare_sqlite_store(db: Path) -> str | None:
     if state == "ok":
         return None
     if state == "new":
-        _build_on_copy(db, None)
+        _create_store(db)  # a copy of the kept empty store when this MLflow made one before
         return None
     if state == "outdated":
         _build_on_copy(db, db)
@@ -196,7 +247,7 @@ def prepare_sqlite_store(db: Path) -> str | None:
     if runs == 0:  # half-made (or not a database) and holding nothing: set it aside, start again
         aside = db.with_name(f"{db.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
         os.replace(db, aside)
-        _build_on_copy(db, None)
+        _create_store(db)
         return f"tracking store {db}: was half-created ({state}); set aside as {aside.name} and recreated"
     raise UserError(f"tracking store {db}: {'half-migrated' if state == 'partial' else 'not an sqlite database'} and "
                     f"holding {runs} run(s); restore it from a backup (or move it aside; the results under "

@@ -81,3 +81,37 @@ def test_default_capability_keeps_three_passes():
     from avbench.api import Capabilities
 
     assert Capabilities().fusion_is_mean is False
+
+
+def test_a_new_store_is_a_copy_of_the_kept_empty_one(tmp_path, monkeypatch):
+    """The first new store is created by MLflow's migrations and kept; the next is a copy, current and
+    empty; a kept store of another schema revision is not used."""
+    import sqlite3
+
+    from avbench import tracking
+
+    monkeypatch.setenv("AVBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    first = tmp_path / "a" / "mlflow.db"
+    first.parent.mkdir()
+    tracking.prepare_sqlite_store(first)
+    template = tracking.store_template()
+    assert template.exists() and tracking._store_state(template) == ("ok", 0)
+
+    import mlflow.store.db.utils as dbu
+
+    def no_migrations(engine):
+        raise AssertionError("migrations ran although a current template exists")
+
+    monkeypatch.setattr(dbu, "_initialize_tables", no_migrations)
+    second = tmp_path / "b" / "mlflow.db"
+    second.parent.mkdir()
+    tracking.prepare_sqlite_store(second)
+    assert tracking._store_state(second) == ("ok", 0)
+    monkeypatch.undo()
+    monkeypatch.setenv("AVBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    with sqlite3.connect(template) as c:  # a template of another schema head: created the usual way
+        c.execute("update alembic_version set version_num = 'not-the-head'")
+    third = tmp_path / "c" / "mlflow.db"
+    third.parent.mkdir()
+    tracking.prepare_sqlite_store(third)
+    assert tracking._store_state(third) == ("ok", 0)
