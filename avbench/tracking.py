@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import getpass
 import json
 import math
@@ -283,9 +282,9 @@ def process_alive(tag: str) -> bool | None:
 
 
 # --- standard MLflow tags --------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
 def command_line() -> str:
-    """The command line as the CLI received it (``avbench.results`` records it), else ``sys.argv``."""
+    """The command line as the CLI received it (``avbench.results`` records it), else ``sys.argv``.
+    Not cached: one process may run several commands (tests, in-process jobs), each a run's own."""
     argv = results.command()
     prog = Path(argv[0]).name if argv else "avbench"
     if prog in ("__main__.py", "-m", "-c") or prog.startswith("python"):
