@@ -104,6 +104,7 @@ def test_a_space_beyond_the_step_budget_is_refused(tmp_path):
         tune.tune(_req(tmp_path, space_file=str(space)))
 
 
+@pytest.mark.slow  # tune then run through the CLI: 25 s on the shared 2-core machine
 def test_cli_tune_and_run_tuned(tmp_path, capsys):
     sets = [a for s in TINY_SETS for a in ("--set", s)]
     rd = str(tmp_path / "r")
