@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from avbench.cache import FeatureCache
 from avbench.cache.verify import verify_cache
@@ -25,6 +26,7 @@ def test_blocks_cover_every_row_once():
             assert rows == list(range(n))
 
 
+@pytest.mark.slow  # extraction twice, once under torchrun with 2 processes: 20 s on the shared 2-core machine
 def test_two_process_torchrun_matches_single_process(tmp_path):
     media = write_test_folder(tmp_path / "media")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
