@@ -83,6 +83,7 @@ def log_final(tracker: Tracker, group: GroupRecord, rec: SeedRecord, child: str)
     last = rec.history[-1] if rec.history else {}
     final = {k: v for k, v in data.get("metrics", {}).items() if k not in last}
     tracker.log_metrics(child, final, step=int(last.get("epoch", 0)))
+    log_validation_curve(tracker, rec, child)
     have = {a.path for a in tracker.client.list_artifacts(child)}
     for path in rec.artifacts():
         if path.name not in have:
@@ -91,6 +92,16 @@ def log_final(tracker: Tracker, group: GroupRecord, rec: SeedRecord, child: str)
     if cache:
         tracker.log_dataset(child, cache["name"], cache["key"], cache["path"], cache.get("profile", {}))
     rec.update(final_logged=True)
+
+
+def log_validation_curve(tracker: Tracker, rec: SeedRecord, child: str) -> None:
+    """The validation curve the convergence flag judged, as stepped metrics (step = training step of its
+    stage): ``val_curve/<column>/<metric>`` for the primary metric and ``val_curve/<column>/mAP``."""
+    v = (rec.result or {}).get("validation") or {}
+    curves = {v.get("metric"): v.get("curve"), v.get("convergence_metric"): v.get("convergence_curve")}
+    for key, points in curves.items():  # one key when the primary metric is mAP
+        if key and points:
+            tracker.log_curve(child, f"val_curve/{key}", points)
 
 
 def publish_seed(tracker: Tracker, group: GroupRecord, rec: SeedRecord, close_parent: bool = False) -> str:

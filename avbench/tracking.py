@@ -463,13 +463,32 @@ class Tracker:
             with signals_deferred():
                 self.client.log_batch(run_id, metrics=items[i:i + 500])
 
-    def log_dataset(self, run_id: str, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
-        """The feature cache as the run's dataset input (shown in the UI's Datasets column)."""
+    def log_dataset(self, run_id: str, name: str, digest: str, source: str, profile: dict[str, Any],
+                    contexts: tuple[str, ...] = ("train", "validation", "test")) -> None:
+        """The feature cache as the run's dataset inputs, one per split role it read (``mlflow.data.context``:
+        train, validation, test; shown in the UI's Datasets column). A tuning trial never reads the test
+        split and says so by leaving "test" out."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
-        ds = Dataset(name=name, digest=digest or "unknown", source_type="local", source=json.dumps({"uri": source}),
-                     profile=json.dumps(profile, default=str))
-        self.client.log_inputs(run_id, datasets=[DatasetInput(ds, tags=[InputTag("mlflow.data.context", "train")])])
+        inputs = []
+        for ctx in contexts:
+            suffix = "" if ctx == "train" else f" ({ctx})"  # the training input keeps the cache's own name
+            ds = Dataset(name=name + suffix, digest=(digest or "unknown") + ("" if ctx == "train" else f":{ctx}"),
+                         source_type="local", source=json.dumps({"uri": source, "context": ctx}),
+                         profile=json.dumps(profile, default=str))
+            inputs.append(DatasetInput(ds, tags=[InputTag("mlflow.data.context", ctx)]))
+        with signals_deferred():
+            self.client.log_inputs(run_id, datasets=inputs)
+
+    def log_curve(self, run_id: str, key: str, points: Iterable[tuple[int, float]]) -> None:
+        """A curve as one stepped metric (step = training step), in one batch: the validation curve."""
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(metric_name(key), float(v), ts, int(s)) for s, v in points if math.isfinite(float(v))]
+        for i in range(0, len(items), 500):
+            with signals_deferred():
+                self.client.log_batch(run_id, metrics=items[i:i + 500])
 
     def log_json(self, run_id: str, name: str, data: Any) -> None:
         with tempfile.TemporaryDirectory() as d:

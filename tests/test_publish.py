@@ -85,7 +85,8 @@ def test_publish_holds_what_the_record_holds_and_twice_adds_nothing(store):
     assert _steps(tracker, child, "test/acc") == [(3, 0.75)]  # from the last epoch's row, not again as final
     assert _steps(tracker, child, "train/clips_per_s") == [(3, 120.0)]  # final-only metrics at the last epoch
     assert {a.path for a in tracker.client.list_artifacts(child)} == {"result.json"}
-    assert [d.dataset.digest for d in run.inputs.dataset_inputs] == ["synth-key"]
+    assert sorted(d.dataset.digest for d in run.inputs.dataset_inputs) == ["synth-key", "synth-key:test",
+                                                                          "synth-key:validation"]
     assert tracker.client.get_run(parent).data.metrics["test/acc_mean"] == 0.75
     data = rec.data
     assert data["sent"] is True and data["logged_epochs"] == 3 and data["final_logged"] is True
@@ -95,7 +96,7 @@ def test_publish_holds_what_the_record_holds_and_twice_adds_nothing(store):
     assert [r.info.run_id for r in _children(tracker, parent)] == [child]
     assert _steps(tracker, child, "train/loss") == [(1, 1.5), (2, 0.75), (3, 0.5)]
     assert _steps(tracker, child, "train/clips_per_s") == [(3, 120.0)]
-    assert len(tracker.client.get_run(child).inputs.dataset_inputs) == 1
+    assert len(tracker.client.get_run(child).inputs.dataset_inputs) == 3
     assert [a.path for a in tracker.client.list_artifacts(child)] == ["result.json"]
 
 

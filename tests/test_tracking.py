@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import pytest
 
 from avbench.cli import main
@@ -61,6 +64,13 @@ def test_a_run_follows_mlflow_conventions(tmp_path, monkeypatch):
         assert tags["avbench.host.name"] and tags["avbench.host.cpu"]  # where it ran (avbench.provenance)
         ds = run.inputs.dataset_inputs[0].dataset
         assert ds.name == "synth" and ds.digest == parent.data.params["cache_key"]
+        contexts = {i.tags[0].value: i.dataset.name for i in run.inputs.dataset_inputs}
+        assert contexts == {"train": "synth", "validation": "synth (validation)", "test": "synth (test)"}
+    result = json.loads(Path(tr.client.download_artifacts(child.info.run_id, "result.json")).read_text())
+    for key, points in (("fusion/acc", result["validation"]["curve"]),
+                        ("fusion/mAP", result["validation"]["convergence_curve"])):
+        history = tr.client.get_metric_history(child.info.run_id, f"val_curve/{key}")
+        assert [(m.step, m.value) for m in history] == [tuple(p) for p in points] and len(points) >= 2
     exps = {e.name: e for e in tr.client.search_experiments()}
     assert list(exps) == ["avbench-synth"]  # no stray "Default"
     assert exps["avbench-synth"].tags["mlflow.experimentKind"] == "custom_model_development"

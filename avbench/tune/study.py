@@ -227,7 +227,7 @@ def log_cache_input(tracker: Tracker, run_id: str, r: Resolved) -> None:
     tracker.log_dataset(run_id, r.dataset, m.key, str(r.cache.root),
                         {"task": m.task, "classes": m.num_classes, "steps": m.num_steps, "audio_dim": m.audio_dim,
                          "video_dim": m.video_dim, "splits": {k: v.get("size") for k, v in m.splits.items()},
-                         "validation": r.cache.validation.record})
+                         "validation": r.cache.validation.record}, contexts=("train", "validation"))
 
 
 def tuning_parent(req: TuneRequest, strategy: str, r0: Resolved, tracker: Tracker, overrides: dict[str, str],
