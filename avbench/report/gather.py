@@ -20,12 +20,11 @@ from typing import Any
 import numpy as np
 
 from avbench.report.table import COLUMNS, TableRow, collect_rows, config_label
+from avbench.tracking import TAG_CREATED_BY, TAG_MEMBER_PREFIX, TAG_SWEEP_NAME, TAG_SWEEP_PREFIX, TAG_TUNED
 
 ANALYSES = ("probe", "retrieval", "attention", "tsne", "robustness", "event-types")
-SWEEP_PREFIX = "avbench.sweep."
-CREATED_BY = "avbench.created_by"
-MEMBER_PREFIX = "avbench.sweep_member."  # on a sweep's record run: + parent run id -> that point (JSON)
-TUNED_TAG = "avbench.tuned"  # the tuned.json a run started from (run --tuned, sweep --tuned)
+# The tags' one spelling is in avbench.tracking; these names are what the report's modules import.
+SWEEP_PREFIX, CREATED_BY, MEMBER_PREFIX, TUNED_TAG = TAG_SWEEP_PREFIX, TAG_CREATED_BY, TAG_MEMBER_PREFIX, TAG_TUNED
 
 
 @dataclass
@@ -151,7 +150,7 @@ def sweep_members(tracker: Any, dataset: str) -> dict[str, dict[str, dict[str, A
         return {}
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for run in tracker.client.search_runs([exp], filter_string="tags.`avbench.kind` = 'sweep'", max_results=1000):
-        name = run.data.tags.get("avbench.sweep_name", "")
+        name = run.data.tags.get(TAG_SWEEP_NAME, "")
         for k, v in run.data.tags.items():
             if k.startswith(MEMBER_PREFIX) and name:
                 try:

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from avbench import results
+from avbench.api import COLUMNS  # the evaluation columns, in order
 from avbench.metrics.stats import mean_std_ci
 from avbench.tracking import TAG_KIND, Tracker, metric_name
-
-COLUMNS = ("audio", "video", "fusion")
 
 
 @dataclass
