@@ -30,3 +30,28 @@ def default_sigint() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def runs_by_status(results: Path) -> dict[str, int]:
+    """``{status: count}`` of the active MLflow runs in a results dir's sqlite store ({} without one)."""
+    import sqlite3
+
+    db = results / "mlflow.db"
+    if not db.exists():
+        return {}
+    with sqlite3.connect(db) as c:
+        return dict(c.execute("select status, count(*) from runs where lifecycle_stage = 'active' group by status"))
+
+
+def assert_clean_error(capsys, rc: int, message: str, results: Path | None = None) -> str:
+    """The fault suite's rule for bad input: exit 2, one error line naming the problem, no traceback,
+    and (given ``results``) no run left RUNNING and no half-written file. Returns the error line."""
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    # Progress lines of a run that trained before failing may precede it; the error is one line.
+    lines = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
+    if results is not None:
+        assert runs_by_status(results).get("RUNNING", 0) == 0
+        assert not list(results.rglob("*.tmp")), "a half-written file was left behind"
+    return lines[0]

@@ -18,27 +18,7 @@ import numpy as np
 import pytest
 
 from avbench.cli import main
-from helpers import TINY_SETS, default_sigint, run_args, tiny_cache
-
-
-def runs_by_status(results: Path) -> dict[str, int]:
-    db = results / "mlflow.db"
-    if not db.exists():
-        return {}
-    with sqlite3.connect(db) as c:
-        return dict(c.execute("select status, count(*) from runs where lifecycle_stage = 'active' group by status"))
-
-
-def assert_clean_error(capsys, rc: int, message: str, results: Path | None = None) -> str:
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert rc == 2, err
-    lines = [line for line in err.splitlines() if "error" in line.lower()]
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
-    if results is not None:
-        assert runs_by_status(results).get("RUNNING", 0) == 0
-        assert not list(results.rglob("*.tmp")), "a half-written file was left behind"
-    return lines[0]
+from helpers import TINY_SETS, assert_clean_error, default_sigint, run_args, runs_by_status, tiny_cache
 
 
 def tiny(results: Path, *extra: str, seeds: str = "0") -> list[str]:
