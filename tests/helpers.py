@@ -55,3 +55,37 @@ def assert_clean_error(capsys, rc: int, message: str, results: Path | None = Non
         assert runs_by_status(results).get("RUNNING", 0) == 0
         assert not list(results.rglob("*.tmp")), "a half-written file was left behind"
     return lines[0]
+
+
+class InProcessExecutor:
+    """The executor interface run synchronously in this process: a spy sees what a job opens (the real
+    executors run the same jobs in workers the spy cannot reach), and no worker starts."""
+
+    slots, threads_per_job, multi_node = 1, 1, False
+
+    def __init__(self):
+        self.done = []
+
+    def describe(self):
+        return "in-process test executor"
+
+    def submit(self, job):
+        from avbench.executor import Outcome
+
+        self.done.append(Outcome(job.key, True, value=job.fn(*job.args)))  # a raising trial fails the test
+
+    def wait(self, timeout=None):
+        out, self.done = self.done, []
+        return out
+
+    def running(self):
+        return 0
+
+    def outstanding(self):
+        return len(self.done)
+
+    def cancel(self):
+        pass
+
+    def close(self):
+        pass

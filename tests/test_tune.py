@@ -11,7 +11,7 @@ from avbench import runner, tune
 from avbench.cache import reader
 from avbench.cli import main
 from avbench.errors import UserError
-from helpers import TINY_SETS
+from helpers import TINY_SETS, InProcessExecutor
 
 SETS = dict(s.split("=", 1) for s in TINY_SETS)
 
@@ -20,40 +20,6 @@ def _req(tmp_path, **kw):
     base = dict(strategies=["late_fusion", "sum"], dataset="synth", budget=2, max_steps=6, overrides=SETS,
                 results_dir=str(tmp_path / "r"), progress=False)
     return tune.TuneRequest(**{**base, **kw})
-
-
-class InProcessExecutor:
-    """The executor interface run synchronously in this process, so a spy sees what a trial job opens
-    (the real executors run the same ``avbench.tune.trial_job`` in workers the spy cannot reach)."""
-
-    slots, threads_per_job, multi_node = 1, 1, False
-
-    def __init__(self):
-        self.done = []
-
-    def describe(self):
-        return "in-process test executor"
-
-    def submit(self, job):
-        from avbench.executor import Outcome
-
-        self.done.append(Outcome(job.key, True, value=job.fn(*job.args)))  # a raising trial fails the test
-
-    def wait(self, timeout=None):
-        out, self.done = self.done, []
-        return out
-
-    def running(self):
-        return 0
-
-    def outstanding(self):
-        return len(self.done)
-
-    def cancel(self):
-        pass
-
-    def close(self):
-        pass
 
 
 @pytest.mark.parametrize("path", ["executor", "prune"])

@@ -17,7 +17,7 @@ from avbench import tune
 from avbench.cli import main
 from avbench.tracking import TAG_KIND, TAG_SEED, Tracker
 from avbench.tune import select as sel
-from helpers import TINY_SETS
+from helpers import TINY_SETS, InProcessExecutor
 
 SETS = dict(s.split("=", 1) for s in TINY_SETS)
 
@@ -118,39 +118,6 @@ def test_each_strategy_has_its_own_stable_sampler_seed_stream():
 
 
 # --- recording (tiny tunings) -----------------------------------------------------------------------
-class InProcessExecutor:
-    """The executor interface run synchronously in this process (no worker start-up)."""
-
-    slots, threads_per_job, multi_node = 1, 1, False
-
-    def __init__(self):
-        self.done = []
-
-    def describe(self):
-        return "in-process test executor"
-
-    def submit(self, job):
-        from avbench.executor import Outcome
-
-        self.done.append(Outcome(job.key, True, value=job.fn(*job.args)))
-
-    def wait(self, timeout=None):
-        out, self.done = self.done, []
-        return out
-
-    def running(self):
-        return 0
-
-    def outstanding(self):
-        return len(self.done)
-
-    def cancel(self):
-        pass
-
-    def close(self):
-        pass
-
-
 @pytest.fixture
 def in_process(monkeypatch):
     from avbench.executor import options
