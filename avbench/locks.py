@@ -16,10 +16,12 @@ import errno
 import fcntl
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+_held: dict[tuple[str, int], int] = {}  # (lock file, thread) -> depth: the lock is re-entrant per thread
 
 
 def _open(path: Path) -> int:
@@ -34,9 +36,18 @@ def _open(path: Path) -> int:
 @contextlib.contextmanager
 def file_lock(path: str | Path, what: str = "") -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if needed) for the block. A second process waits
-    (saying once what for); the kernel frees the lock when its holder exits, however it exits."""
+    (saying once what for); the kernel frees the lock when its holder exits, however it exits. The same
+    thread taking it again (a builder calling another builder under the same lock) goes straight in."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    key = (os.path.realpath(p), threading.get_ident())
+    if _held.get(key):  # this thread holds it already: a second flock on a new descriptor would wait forever
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
     fd = _open(p)
     try:
         try:
@@ -44,8 +55,10 @@ def file_lock(path: str | Path, what: str = "") -> Iterator[None]:
         except BlockingIOError:
             log.info("waiting for another process %s (%s)", what or "holding the lock", p)
             fcntl.flock(fd, fcntl.LOCK_EX)
+        _held[key] = 1
         yield
     finally:
+        _held.pop(key, None)
         os.close(fd)  # closing the descriptor releases the lock
 
 

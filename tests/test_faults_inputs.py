@@ -287,6 +287,27 @@ def test_the_lock_makes_builders_take_turns(tmp_path):
     assert log.read_text().split() == ["in", "out"] * 3
 
 
+def test_the_lock_is_reentrant_in_its_thread_and_still_excludes_other_threads(tmp_path):
+    import threading
+
+    from avbench.locks import file_lock
+
+    lock, order = tmp_path / ".lock", []
+    with file_lock(lock):
+        with file_lock(lock):  # a builder calling another builder under the same lock: no wait
+            order.append("nested")
+        def take() -> None:
+            with file_lock(lock):
+                order.append("other")
+
+        other = threading.Thread(target=take)
+        other.start()
+        other.join(timeout=0.5)
+        assert other.is_alive() and order == ["nested"]  # another thread waits while this one holds it
+    other.join(timeout=30)
+    assert order == ["nested", "other"]
+
+
 # --- 6. a full results disk ----------------------------------------------------------------------------
 def _can_mount() -> str | None:
     if os.geteuid() != 0:
