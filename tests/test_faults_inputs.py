@@ -241,6 +241,13 @@ def test_four_processes_on_one_fresh_cache_root_all_finish_once(tmp_path):
     outs = [p.communicate(timeout=900) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0 and "Traceback" not in err, err[-3000:]
+    # Results are local first: four writers on one sqlite store may keep one out of it for a while (on a
+    # busy machine its tracking gave up); that process said so and `avbench sync` sends it, once.
+    with sqlite3.connect(res / "mlflow.db") as c:
+        sent = {int(v) for (v,) in c.execute("select value from tags where key = 'avbench.seed'")}
+    hints = sum(f"avbench sync --results-dir {res}" in err for _, err in outs)
+    assert hints >= 4 - len(sent)
+    assert main(["sync", "--results-dir", str(res)]) == 0
     assert runs_by_status(res) == {"FINISHED": 5}  # one parent and one child per seed
     with sqlite3.connect(res / "mlflow.db") as c:
         seeds = sorted(int(v) for (v,) in c.execute("select value from tags where key = 'avbench.seed'"))
