@@ -1,7 +1,8 @@
 """Parameter sweeps: every grid point of every strategy through ``runner.run``, resumable, failure-tolerant.
 
 A sweep is a list of axes and ties (the grammar, its quoting and the bounded tie arithmetic are in
-``avbench.sweep_grid``); the points are the Cartesian product of the axes.
+``avbench.sweep_grid``); the points are the Cartesian product of the axes. What is left here (a little
+over 400 lines) is one flow: plan every point, check them all, drive the jobs, record the outcome.
 
 Every point runs with ``skip_finished``: a seed with a finished child run is not trained again, so a
 rerun of the same command resumes an interrupted sweep. A point that fails (a bad value, a crash) is
