@@ -109,12 +109,32 @@ def test_each_strategy_has_its_own_stable_sampler_seed_stream():
 
         study, drawn = optuna.create_study(direction="maximize"), []
         for _ in range(3):
-            trial = ask(study, req, strategy)
-            drawn.append(tune.suggest(trial, dists)["train.lr"])
+            trial, params = ask(study, req, strategy, dists)
+            drawn.append(params["train.lr"])
             study.tell(trial, 0.0)
         return drawn
 
     assert first("sum") == first("sum") and first("sum") != first("late_fusion")
+
+
+def test_asking_and_suggesting_hold_ctrl_c_until_the_journal_write_is_done(monkeypatch):
+    """Every suggestion writes the journal; a Ctrl-C inside one left its lock file behind (CI, exit 1 not 130)."""
+    import signal
+
+    from avbench.tune.study import ask
+
+    masks = []
+    real = optuna.trial.Trial.suggest_float
+
+    def spy(self, *a, **k):
+        masks.append(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(optuna.trial.Trial, "suggest_float", spy)
+    dists = tune.distributions({"train.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}, 10, "t")
+    trial, params = ask(optuna.create_study(direction="maximize"), tune.TuneRequest(strategies=["sum"]), "sum", dists)
+    assert masks == [True] and 1e-4 <= params["train.lr"] <= 1e-1
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # and released afterwards
 
 
 # --- recording (tiny tunings) -----------------------------------------------------------------------

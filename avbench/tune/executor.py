@@ -31,7 +31,7 @@ from avbench.executor import Job, options
 from avbench.executor.progress import SweepProgress
 from avbench.resolve import Resolved, resolve
 from avbench.tracking import Tracker
-from avbench.tune.space import suggest, text
+from avbench.tune.space import text
 from avbench.tune.study import (
     TuneRequest,
     ask,
@@ -149,8 +149,8 @@ def _fill(ex: Any, req: TuneRequest, tunings: list[_Tuning], overrides: dict[str
         if t.pending:  # an interrupted run's trial: trained again with its number and parameters
             number, params = t.pending.pop(0)
         elif t.asked < req.budget:
-            trial = ask(t.study, req, t.strategy)
-            number, params = trial.number, suggest(trial, t.dists)
+            trial, params = ask(t.study, req, t.strategy, t.dists)
+            number = trial.number
             t.asked += 1
         else:
             continue

@@ -108,8 +108,7 @@ def tune_one(req: TuneRequest, strategy: str, overrides: dict[str, str], space: 
         else:
             _in_process(req, strategy, overrides, study, tracker, parent, number, params, state)
     while len(study.trials) < req.budget:
-        trial = ask(study, req, strategy)
-        params = suggest(trial, dists)
+        trial, params = ask(study, req, strategy, dists)
         _in_process(req, strategy, overrides, study, tracker, parent, trial.number, params, state, trial)
     for t in sel.top(state.trials, req.select, req.confirm):  # the confirmation stage, in this process
         key = f"confirm.{t['number']}"
@@ -281,15 +280,19 @@ def new_study(req: TuneRequest, strategy: str, group: str) -> Any:
     return study
 
 
-def ask(study: Any, req: TuneRequest, strategy: str) -> Any:
-    """The next trial, its TPE sampler seeded by the strategy's stream and the trial's number."""
+def ask(study: Any, req: TuneRequest, strategy: str, dists: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The next trial and its suggested parameters, its TPE sampler seeded by the strategy's stream and
+    the trial's number. Asking and every suggestion write the journal, so Ctrl-C waits for all of them
+    (an interrupt inside a journal write leaves its lock file behind and ends the run with a
+    FileNotFoundError instead of exit 130)."""
     import optuna
 
-    with signals_deferred():  # a Ctrl-C inside a journal write would leave its lock file behind
+    with signals_deferred():
         number = len(study.get_trials(deepcopy=False))
         study.sampler = optuna.samplers.TPESampler(
             seed=sel.trial_sampler_seed(sel.strategy_seed(req.sampler_seed, strategy), number))
-        return study.ask()
+        trial = study.ask()
+        return trial, suggest(trial, dists)
 
 
 def tell(study: Any, req: TuneRequest, number: int, params: dict[str, Any], record: dict[str, Any]) -> None:
@@ -439,7 +442,8 @@ def _pruning_callback(trial: Any) -> Any:
     import optuna
 
     def report(step: int, value: float) -> None:
-        trial.report(value, step)
+        with signals_deferred():  # a journal write
+            trial.report(value, step)
         if trial.should_prune():
             raise optuna.TrialPruned()
 
