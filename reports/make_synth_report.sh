@@ -8,10 +8,12 @@
 #   4. the representation analyses (Figs. 3-5), robustness and event types, then the report
 #      (report.md + figures/ + self-contained report.html).
 #
-# Sized for about an hour on a quiet 2-core CPU with JOBS=2 (one thread per job); see README "Reports"
-# for how that was estimated. 960 training clips (96 of them held out for validation while tuning),
-# 480 test clips, the card's widths (embed_dim 128), batch 48 (18 steps per epoch on the 864 tuning
-# clips). Deterministic up to the timing columns (and the two plots drawn from them), whatever JOBS:
+# Sized (2026-12-03) so that the protocol and one fresh replicate fit in about two hours of a 2-core
+# CPU with JOBS=2 (one thread per job): at 16 trials per strategy the transformers' trials took
+# 53-131 s each and the tuning alone was on course for well over an hour, so 6 trials per strategy
+# (random search, scored on the continuous validation mAP) on a validation hold-out twice as large
+# (192 of the 960 training clips, so a clip is 0.5 points, not 1), 480 test clips, the card's widths
+# (embed_dim 128), batch 48 (16 steps per epoch on the 768 tuning clips). Deterministic up to the timing columns (and the two plots drawn from them), whatever JOBS:
 # every training is a job of one thread on the executor (README "Many trainings at once"), and each
 # strategy's tuning trials run one after another. The script resumes: a strategy with a stored tuned
 # configuration is not tuned again (--skip-tuned), finished seeds and recorded analyses are skipped;
@@ -22,7 +24,9 @@
 # DATA_REPLICATES=R runs them on synth data generated from data seeds 1 .. R-1 (sampler seed
 # SAMPLER_SEED), each into $RESULTS-data<r>. The report then compares every replicate with $RESULTS
 # (avbench report --replicate DIR): Kendall tau per column, order flips, calls that survive, and
-# intervals over replicates and seeds. Each replicate costs about what steps 1-2 cost (most of the hour).
+# intervals over replicates and seeds. FRESH_REPLICATES=R changes both at once (sampler seed
+# SAMPLER_SEED+r on data seed r, into $RESULTS-fresh<r>): the most independent replicate for the
+# price of one. Each replicate costs about what steps 1-2 cost (most of the run).
 #
 #   reports/make_synth_report.sh                      # results in results/synth-report
 #   RESULTS=/tmp/r OUT=/tmp/report JOBS=2 BUDGET=16 MAX_STEPS=540 reports/make_synth_report.sh
@@ -36,7 +40,7 @@ RESULTS="${RESULTS:-results/synth-report}"
 OUT="${OUT:-reports/synth}"
 SEEDS="${SEEDS:-0,1,2}"
 JOBS="${JOBS:-2}"              # jobs at once on the executor (tuning trials, final runs, sweep points)
-BUDGET="${BUDGET:-16}"         # tuning trials per strategy (Optuna's TPE starts after 10 random ones)
+BUDGET="${BUDGET:-6}"          # tuning trials per strategy (under 10: random search, TPE starts after 10; see header)
 MAX_STEPS="${MAX_STEPS:-540}"  # per-trial step budget: 30 epochs of the tuning rows
 SELECT="${SELECT:-val_mAP}"    # the trial score (avbench tune --select; docs/tuning-and-sweeps.md says why)
 CONFIRM="${CONFIRM:-0}"        # top trials retrained on 2 fresh seeds before the choice (0: off; each adds 2 trainings)
@@ -44,6 +48,7 @@ REPLICATES="${REPLICATES:-1}"  # whole selections with sampler seeds 0..R-1 (eac
 SAMPLER_SEED="${SAMPLER_SEED:-0}"            # the tuning sampler seed of $RESULTS (replicate R0)
 SAMPLER_REPLICATES="${SAMPLER_REPLICATES:-1}"  # protocol replicates with sampler seeds SAMPLER_SEED+0..R-1 (R0 = $RESULTS)
 DATA_REPLICATES="${DATA_REPLICATES:-1}"        # protocol replicates on synth data seeds 0..R-1 (R0 = $RESULTS)
+FRESH_REPLICATES="${FRESH_REPLICATES:-1}"      # replicates with both fresh: sampler seed SAMPLER_SEED+r, data seed r
 # Longest tuning first (measured, minutes of one core for 16 trials: vq_codes 16.7, cross_attention 13.3,
 # mbt 12.7, independent 8.5, uavm 7.9, event_layers 1.6, the others about 1):
 # the executor gives a free slot to the first idle strategy in this order, so the quick
@@ -58,7 +63,8 @@ EXECUTOR=(--jobs "$JOBS" --threads-per-job 1)
 read -r -a STRATEGY_LIST <<<"$STRATEGIES"
 STRATEGY_CSV="$(IFS=,; echo "${STRATEGY_LIST[*]}")"
 
-DATA=(--dataset synth --set "data.train_clips=${TRAIN_CLIPS:-960}" --set "data.test_clips=${TEST_CLIPS:-480}")
+DATA=(--dataset synth --set "data.train_clips=${TRAIN_CLIPS:-960}" --set "data.test_clips=${TEST_CLIPS:-480}"
+      --set "data.val_fraction=${VAL_FRACTION:-0.2}")
 
 # Steps 1-2 are the protocol a replicate repeats: protocol RESULTS_DIR SAMPLER_SEED [--set data.seed=D].
 protocol() {
@@ -90,6 +96,10 @@ done
 for ((r = 1; r < DATA_REPLICATES; r++)); do
   protocol "$RESULTS-data$r" "$SAMPLER_SEED" --set "data.seed=$r"
   REPLICATE_ARGS+=(--replicate "$RESULTS-data$r")
+done
+for ((r = 1; r < FRESH_REPLICATES; r++)); do
+  protocol "$RESULTS-fresh$r" "$((SAMPLER_SEED + r))" --set "data.seed=$r"
+  REPLICATE_ARGS+=(--replicate "$RESULTS-fresh$r")
 done
 
 # 3. UAVM Fig. 2 at CPU widths, at the tuned UAVM configuration: shared width S_dim, and N_s shared
