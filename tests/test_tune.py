@@ -59,6 +59,41 @@ def test_tune_never_opens_the_test_split_and_gives_every_strategy_the_same_budge
     assert tuned.overrides["train.lr"] == "0.5" and tuned.overrides["train.schedule"] == "cosine"
 
 
+def test_cv_scores_every_trial_on_every_fold_and_records_the_folds(tmp_path, monkeypatch):
+    import numpy as np
+
+    from avbench.executor import options
+    from avbench.tune import study
+
+    monkeypatch.setattr(options, "make", lambda req: InProcessExecutor())
+    seen = []
+    real = study._fit_one
+
+    def spy(req, r, recipe, seed, callback):
+        seen.append((r.cache.validation.rows.copy(), r.cache.fit_rows().copy()))
+        return real(req, r, recipe, seed, callback)
+
+    monkeypatch.setattr(study, "_fit_one", spy)
+    res = tune.tune(_req(tmp_path, strategies=["sum"], budget=1, cv=3, seeds=[0, 1]))["strategies"]["sum"]
+    trial = res["trials"][0]
+    assert len(seen) == 6 and len(trial["values"]) == 6 and len(trial["scores"]["mAP"]) == 6  # 3 folds x 2 seeds
+    assert trial["value"] == pytest.approx(np.mean(trial["values"]))
+    folds = [v for v, _ in seen[::2]]
+    everything = np.sort(np.concatenate(folds))
+    assert len(np.unique(everything)) == len(everything) == trial["val_clips"]  # each clip validated once
+    for val, fit in seen:  # training never sees its fold, and trains on all the rest
+        assert not np.intersect1d(val, fit).size and len(val) + len(fit) == len(everything)
+    v = res["validation"]
+    assert v["source"] == "cv" and v["k"] == 3 and [f["fold"] for f in v["folds"]] == [0, 1, 2]
+    assert [f["size"] for f in v["folds"]] == [len(f) for f in folds]
+    assert len({f["ids_sha256"] for f in v["folds"]}) == 3
+    # A hold-out tuning of the same request is a different tuning, not a resumed one.
+    res0 = tune.tune(_req(tmp_path, strategies=["sum"], budget=1, seeds=[0, 1]))["strategies"]["sum"]
+    assert res0["validation"]["source"] == "holdout" and res0["tuning_parent_run"] != res["tuning_parent_run"]
+    with pytest.raises(UserError, match="at least 2 folds"):
+        tune.tune(_req(tmp_path, cv=1))
+
+
 def test_a_space_beyond_the_step_budget_is_refused(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("sum:\n  train.max_steps: {type: int, low: 2, high: 60}\n"

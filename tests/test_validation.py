@@ -5,10 +5,11 @@ import hashlib
 import json
 
 import numpy as np
+import pytest
 
 from avbench.cache import FeatureCache
 from avbench.cache import format as fmt
-from avbench.cache.validation import ROWS_FILE, stratified_holdout
+from avbench.cache.validation import ROWS_FILE, stratified_folds, stratified_holdout
 from avbench.cache.writer import CacheWriter
 from helpers import tiny_cache
 
@@ -69,6 +70,25 @@ def test_multilabel_holdout_keeps_a_rare_class():
     rows = stratified_holdout(labels, np.arange(50), 0.1, seed=0)
     assert labels[rows, 2].sum() >= 1 and len(rows) == 1 + 5  # rare stratum: 1 of 3; the other: 5 of 47
     np.testing.assert_array_equal(rows, stratified_holdout(labels, np.arange(50), 0.1, seed=0))
+
+
+def test_cv_folds_partition_the_clips_and_keep_every_class_in_every_fold():
+    labels = np.eye(4, dtype=np.uint8)[np.r_[np.zeros(30, int), np.ones(13, int), np.full(5, 2), [3, 3]]]
+    cands = np.arange(60, 110)  # rows of a bigger split; 50 candidates
+    labels = np.concatenate([np.zeros((60, 4), np.uint8), labels])
+    folds = stratified_folds(labels, cands, 5, seed=3)
+    joined = np.concatenate(folds)
+    np.testing.assert_array_equal(np.sort(joined), cands)  # disjoint and covering
+    assert [len(f) for f in folds] == [10] * 5  # 30/13/5/2 dealt so that no fold is short
+    per_class = np.array([labels[f].sum(axis=0) for f in folds])
+    assert (per_class.max(axis=0) - per_class.min(axis=0) <= 1).all()  # stratified: within one clip
+    assert (per_class[:, :3] >= 1).all()  # every class with at least k clips is in every fold
+    assert all((np.diff(f) > 0).all() for f in folds)
+    again = stratified_folds(labels, cands, 5, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(folds, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(folds, stratified_folds(labels, cands, 5, seed=4)))
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        stratified_folds(labels, cands, 1)
 
 
 def _cache_with_splits(path, names):

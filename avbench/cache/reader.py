@@ -8,9 +8,10 @@ a split that fits on the device is moved there once and indexed in place.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -90,6 +91,21 @@ class FeatureCache:
         """The validation split: official, or a stratified hold-out of the training split recorded in
         the cache on first use. Identical for every strategy and run on this cache."""
         return validation_mod.resolve(self)
+
+    @contextmanager
+    def using_validation(self, v: Validation) -> Iterator[None]:
+        """Within the block, ``v`` is this cache's validation split (a cross-validation fold); after it,
+        the recorded one again. Everything that reads the validation (the val split, the fit rows,
+        the engine's validator) reads it through ``self.validation``."""
+        had, saved = "validation" in self.__dict__, self.__dict__.get("validation")
+        self.__dict__["validation"] = v
+        try:
+            yield
+        finally:
+            if had:
+                self.__dict__["validation"] = saved
+            else:
+                del self.__dict__["validation"]
 
     def val_split(self) -> "CacheSplit | SplitView":
         """The validation clips as a split (a row view of the training split for a hold-out)."""

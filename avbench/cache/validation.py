@@ -67,12 +67,8 @@ def stratified_holdout(labels: np.ndarray, candidates: np.ndarray, fraction: flo
     """
     if not 0 < fraction < 1:
         raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
-    labels = np.asarray(labels).astype(bool)
     candidates = np.asarray(candidates, dtype=np.int64)
-    lab = labels[candidates]
-    counts = lab.sum(axis=0)
-    rarity = np.where(lab, counts[None, :], np.iinfo(np.int64).max)
-    stratum = np.where(lab.any(axis=1), rarity.argmin(axis=1), -1)
+    stratum = _strata(labels, candidates)
     picked = []
     for s in np.unique(stratum):
         members = candidates[stratum == s]
@@ -82,6 +78,49 @@ def stratified_holdout(labels: np.ndarray, candidates: np.ndarray, fraction: flo
             rng = np.random.default_rng([seed, int(s) + 1])
             picked.append(rng.choice(members, size=k, replace=False))
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
+
+
+def _strata(labels: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Each candidate's stratum: its rarest label over the candidates (-1 for a clip with no label)."""
+    lab = np.asarray(labels).astype(bool)[candidates]
+    rarity = np.where(lab, lab.sum(axis=0)[None, :], np.iinfo(np.int64).max)
+    return np.where(lab.any(axis=1), rarity.argmin(axis=1), -1)
+
+
+def stratified_folds(labels: np.ndarray, candidates: np.ndarray, k: int, seed: int = DEFAULT_SEED) -> list[np.ndarray]:
+    """``k`` disjoint sorted row sets covering ``candidates``, stratified as the hold-out is.
+
+    Each stratum (rarest label) is shuffled by a generator seeded by ``seed`` and the stratum, then
+    dealt round-robin from a stratum-dependent fold, so every fold gets floor or ceil(n / k) of every
+    stratum and the folds' sizes differ by at most one clip per stratum."""
+    if k < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {k}")
+    candidates = np.asarray(candidates, dtype=np.int64)
+    if len(candidates) < k:
+        raise ValueError(f"{k} folds of {len(candidates)} clips: at least one clip per fold")
+    stratum = _strata(labels, candidates)
+    folds: list[list[np.ndarray]] = [[] for _ in range(k)]
+    offset = 0
+    for s in np.unique(stratum):
+        members = np.random.default_rng([seed, int(s) + 1]).permutation(candidates[stratum == s])
+        for i in range(k):
+            folds[(offset + i) % k].append(members[i::k])
+        offset += len(members) % k  # the next stratum's extra clips go to the folds short of one
+    return [np.sort(np.concatenate(f)) for f in folds]
+
+
+def cross_validation(train: Any, k: int, seed: int = DEFAULT_SEED) -> list[Validation]:
+    """The ``k`` folds of a training split as validations: fold i validates, the rest train.
+
+    Each carries a record like the hold-out's (method, k, fold, seed, size, a hash of its clip ids),
+    so a tuning's trial says exactly which clips chose it."""
+    candidates = np.flatnonzero(train.present.any(axis=1))
+    out = []
+    for i, rows in enumerate(stratified_folds(train.labels, candidates, k, seed)):
+        record = {"source": "cv", "split": train.name, "method": "stratified k-fold by rarest label",
+                  "k": k, "fold": i, "seed": seed, "size": int(len(rows)), "ids_sha256": ids_hash(train.ids, rows)}
+        out.append(Validation(train.name, rows, False, rows, record))
+    return out
 
 
 def ids_hash(ids: list[str], rows: np.ndarray) -> str:

@@ -3,7 +3,8 @@ budget of trials and training steps (avbench/tune/), and store the chosen config
 
 Trials are scored on ``--select`` (validation mAP by default), averaged over ``--trial-seeds``;
 ``--confirm N`` retrains the top N on fresh seeds and chooses on those; ``--replicates R`` runs the
-whole selection with R sampler seeds. The summary says when the top trials cannot be told apart and
+whole selection with R sampler seeds; ``--cv K`` scores trials by K-fold cross-validation of the
+training split instead of the hold-out. The summary says when the top trials cannot be told apart and
 when a chosen value sits at the top of its range ("capped").
 
 Trials run on the executor like a sweep's jobs (``--executor local|ray``, ``--jobs N``): trials of
@@ -38,6 +39,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="retrain each strategy's top N trials on fresh seeds and choose on those (default 0: off)")
     p.add_argument("--confirm-seeds", type=int, default=2, metavar="M",
                    help="fresh seeds per confirmed trial (default 2)")
+    p.add_argument("--cv", type=int, default=0, metavar="K",
+                   help="score every trial by stratified K-fold cross-validation of the training split (each "
+                        "fold validates once, each trial seed on each fold; K times the training) instead of "
+                        "the validation hold-out: for small datasets whose hold-out cannot tell trials apart")
     p.add_argument("--replicates", type=int, default=1, metavar="R",
                    help="run the whole selection R times, sampler seeds --sampler-seed + 0..R-1, each stored")
     p.add_argument("--space", metavar="FILE", help="YAML/JSON search space: {key: {type, low, high, log}} for "
@@ -79,7 +84,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     req = tune.TuneRequest(
         strategies=[s.strip() for s in args.strategy.split(",") if s.strip()], dataset=args.dataset,
         cache=args.cache, budget=args.budget, seeds=seeds, space_file=args.space, select=args.select,
-        confirm=args.confirm, confirm_seeds=args.confirm_seeds, replicates=args.replicates,
+        confirm=args.confirm, confirm_seeds=args.confirm_seeds, replicates=args.replicates, cv=args.cv,
         overrides=cfgmod.parse_pairs(args.overrides), max_steps=args.max_steps, sampler_seed=args.sampler_seed,
         prune=args.prune, results_dir=args.results_dir, cache_root=args.cache_root, device=args.device,
         progress=not args.no_progress, skip_tuned=args.skip_tuned, **options.from_args(args))
@@ -88,7 +93,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     confirm = (f", top {b['confirm']['trials']} confirmed on seeds {b['confirm']['seeds']}"
                if b["confirm"]["trials"] else "")
     print(f"tuned {len(out['strategies'])} strategies: {b['trials']} trials each, at most "
-          f"{b['max_steps_per_trial']} steps per trial, seeds {b['seeds']}, chosen on {b['select']}{confirm}, "
+          f"{b['max_steps_per_trial']} steps per trial, seeds {b['seeds']}"
+          + (f" on each of {b['cv_folds']} folds" if b["cv_folds"] else "") + f", chosen on {b['select']}{confirm}, "
           f"{b['sampler']}" + (f", {b['replicates']} replicates" if b["replicates"] > 1 else ""))
     for rep in out["replicates"]:
         if b["replicates"] > 1:

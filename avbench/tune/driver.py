@@ -64,6 +64,8 @@ def check_request(req: TuneRequest) -> None:
         raise UserError("--confirm-seeds must be at least 1")
     if req.replicates < 1:
         raise UserError("--replicates must be at least 1")
+    if req.cv == 1 or req.cv < 0:
+        raise UserError(f"--cv {req.cv}: cross-validation needs at least 2 folds (0: the validation hold-out)")
     if req.prune and (req.executor != "local" or (req.jobs or 1) > 1):
         raise UserError("--prune runs trials in this process (the pruner reads each trial's validation curve "
                         "while it trains), so it takes neither --jobs above 1 nor --executor ray")
@@ -90,7 +92,7 @@ def tune(req: TuneRequest) -> dict[str, Any]:
                             {f.name for f in dataclasses.fields(type(r.recipe))}, set())
     out: dict[str, Any] = {"budget": {"trials": req.budget, "max_steps_per_trial": cap, "seeds": req.seeds,
                                       "sampler": f"TPE seed {req.sampler_seed} (one stream per strategy)",
-                                      "pruning": req.prune, "select": req.select,
+                                      "pruning": req.prune, "select": req.select, "cv_folds": req.cv,
                                       "confirm": {"trials": req.confirm,
                                                   "seeds": confirm_seeds(req) if req.confirm else []},
                                       "replicates": req.replicates},

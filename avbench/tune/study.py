@@ -23,6 +23,7 @@ study user attribute ``record.<n>``, each confirmation's ``confirm.<n>``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -34,6 +35,7 @@ import numpy as np
 
 import avbench.tune.select as sel
 from avbench import config as cfgmod
+from avbench.cache.validation import cross_validation
 from avbench.errors import UserError
 from avbench.resolve import Resolved, RunRequest, resolve
 from avbench.tracking import TAG_KIND, TAG_STRATEGY, Tracker, signals_deferred
@@ -76,12 +78,34 @@ class TuneRequest:
     confirm_seeds: int = 2  # fresh seeds per confirmed trial
     replicates: int = 1  # the whole selection R times, sampler seeds sampler_seed + 0 .. R-1
     replicate: int = 0  # which replicate this request runs (set by the driver)
+    cv: int = 0  # K >= 2: every trial trains once per stratified fold of the training split (0: the hold-out)
 
 
 def confirm_seeds(req: TuneRequest) -> list[int]:
     """The confirmation stage's fresh seeds: after every trial seed, so none was seen in the trials."""
     start = max(req.seeds) + 1
     return list(range(start, start + req.confirm_seeds))
+
+
+def trial_validations(req: TuneRequest, cache: Any) -> list[Any]:
+    """What a trial validates on: the cache's validation split (``[None]``), or its ``--cv`` folds."""
+    if not req.cv:
+        return [None]
+    if cache.validation.official:
+        raise UserError(f"--cv {req.cv}: {cache.root} has an official validation split "
+                        f"('{cache.validation.split}'); tune on it without --cv")
+    try:
+        return cross_validation(cache.train_split(), req.cv)
+    except ValueError as e:
+        raise UserError(f"--cv {req.cv}: {e}") from None
+
+
+def validation_record(req: TuneRequest, cache: Any) -> dict[str, Any]:
+    """The validation a tuning chose on, as stored with its result: the split's record, or the folds'."""
+    if not req.cv:
+        return cache.validation.record
+    folds = [v.record for v in trial_validations(req, cache)]
+    return {"source": "cv", "method": folds[0]["method"], "k": req.cv, "seed": folds[0]["seed"], "folds": folds}
 
 
 def run_request(req: TuneRequest, strategy: str, overrides: dict[str, str]) -> RunRequest:
@@ -206,7 +230,8 @@ def tuning_group(req: TuneRequest, strategy: str, r0: Resolved, overrides: dict[
                                "space": json.dumps(space, sort_keys=True, default=str)},
                               overrides, {"budget": req.budget, "cap": cap, "seeds": req.seeds,
                                           "sampler": req.sampler_seed, "prune": req.prune, "select": req.select,
-                                          "confirm": req.confirm, "confirm_seeds": req.confirm_seeds})
+                                          "confirm": req.confirm, "confirm_seeds": req.confirm_seeds,
+                                          **({"cv": req.cv} if req.cv else {})})  # earlier groups unchanged
 
 
 def full_params(r: Resolved) -> dict[str, Any]:
@@ -240,6 +265,7 @@ def tuning_parent(req: TuneRequest, strategy: str, r0: Resolved, tracker: Tracke
                                  "sampler_seed": req.sampler_seed, "strategy_sampler_seed": sseed,
                                  "replicate": req.replicate, "select": req.select, "confirm_trials": req.confirm,
                                  "confirm_seeds": confirm_seeds(req) if req.confirm else [], "pruning": req.prune,
+                                 "cv_folds": req.cv,
                                  "study": f"{study_storage_path(req.results_dir)}::{r0.strategy_cls.name}-{group}",
                                  **{f"fixed.{k}": v for k, v in overrides.items()}},
                                 {TAG_KIND: "tune", TAG_STRATEGY: r0.strategy_cls.name,
@@ -351,7 +377,7 @@ def conclude(req: TuneRequest, r0: Resolved, study: Any, trials: list[dict[str, 
               "replicate": req.replicate, "sampler_seed": req.sampler_seed,
               "strategy_sampler_seed": sel.strategy_seed(req.sampler_seed, r0.strategy_cls.name),
               "study": {"storage": str(study_storage_path(req.results_dir)), "name": study.study_name},
-              "validation": r0.cache.validation.record, "space": space, "trials": trials,
+              "validation": validation_record(req, r0.cache), "space": space, "trials": trials,
               "confirmation": confirmed, "tuning_parent_run": parent}
     if failures is not None:
         result["failed_trials"] = list(failures)
@@ -384,7 +410,8 @@ def _column_scores(fit: Any, metric: str, multilabel: bool) -> dict[str, float]:
 def trial_record(req: TuneRequest, strategy: str, overrides: dict[str, str], number: int, params: dict[str, Any],
                  tracker: Tracker, parent: str, callback: Any = None, seeds: list[int] | None = None,
                  kind: str = "trial") -> dict[str, Any]:
-    """Train the trial's configuration on every seed (the fit rows); score it on the validation split.
+    """Train the trial's configuration on every seed (the fit rows); score it on the validation split
+    (with ``--cv K``: on every fold, each seed; the score is the mean over folds and seeds).
 
     The run is an MLflow child of the tuning parent, tagged with the seeds it trained; it ends FAILED
     if training raises, KILLED if it is interrupted (Ctrl-C, a cancelled job) or pruned."""
@@ -399,24 +426,21 @@ def trial_record(req: TuneRequest, strategy: str, overrides: dict[str, str], num
                                  "seeds": seed_tag, "select": req.select},
                                 {TAG_KIND: kind, TAG_TRIAL: str(number), TAG_STRATEGY: r.strategy_cls.name})
     log_cache_input(tracker, child, r)
+    folds = trial_validations(req, r.cache)
     values, steps, curves, metric, clips = [], 0, [], "", 0
     scores: dict[str, list[float]] = {"acc": [], "mAP": [], "loss": []}
     try:
-        for i, seed in enumerate(seeds):
-            set_seed(seed)
-            model = r.strategy_cls(r.strategy_cfg, r.cache.features, r.cache.task)
-            engine = Engine(model, r.cache, recipe, seed=seed, device=req.device, progress=False,
-                            evaluate_on="val")
-            if callback is not None and i == 0:
-                engine.validator.callback = callback
-            fit = engine.fit()
+        for i, (fold, seed) in enumerate((f, s) for f in folds for s in seeds):
+            with r.cache.using_validation(fold) if fold is not None else contextlib.nullcontext():
+                fit = _fit_one(req, r, recipe, seed, callback if i == 0 else None)
             metric = fit.validation.get("metric") or next(iter(fit.final.metrics))
             values.append(float(fit.final.metrics[metric]))
             for k, v in _column_scores(fit, metric, r.cache.task.multilabel).items():
                 scores[k].append(v)
             clips = int(len(fit.final.labels))
             steps += int(fit.validation.get("steps", 0))
-            curves.append({"seed": seed, "converged": fit.validation.get("converged"),
+            curves.append({"seed": seed, "fold": None if fold is None else fold.record["fold"],
+                           "converged": fit.validation.get("converged"),
                            "status": fit.validation.get("status"), "curve": fit.validation.get("curve", [])})
     except (optuna.TrialPruned, KeyboardInterrupt):
         tracker.finish(child, "KILLED")
@@ -424,6 +448,8 @@ def trial_record(req: TuneRequest, strategy: str, overrides: dict[str, str], num
     except BaseException:
         tracker.finish(child, "FAILED")
         raise
+    if folds[0] is not None:  # every training clip validated once, in its fold
+        clips = sum(len(f.rows) for f in folds)
     value = float(np.mean(values))
     record = {"value": value, "values": values, "metric": metric, "scores": scores, "seeds": seeds,
               "val_clips": clips, "steps": steps, "run_id": child, "kind": kind,
@@ -433,9 +459,20 @@ def trial_record(req: TuneRequest, strategy: str, overrides: dict[str, str], num
     tracker.log_metrics(child, {f"val/{metric}": value, **{f"val/{col}/{k}": float(np.mean(v)) for k, v in scores.items()},
                                 f"score/{req.select}": sel.score(record, req.select), "steps": steps})
     tracker.log_json(child, "trial.json", {"overrides": overrides, "values": values, "scores": scores,
-                                           "seeds": seeds, "validation": curves, "record": record})
+                                           "seeds": seeds, "validation": curves, "record": record,
+                                           "folds": [f.record for f in folds if f is not None]})
     tracker.finish(child)
     return record
+
+
+def _fit_one(req: TuneRequest, r: Resolved, recipe: Any, seed: int, callback: Any) -> Any:
+    """One seed of a trial, validated on the cache's current validation split."""
+    set_seed(seed)
+    model = r.strategy_cls(r.strategy_cfg, r.cache.features, r.cache.task)
+    engine = Engine(model, r.cache, recipe, seed=seed, device=req.device, progress=False, evaluate_on="val")
+    if callback is not None:
+        engine.validator.callback = callback
+    return engine.fit()
 
 
 def _pruning_callback(trial: Any) -> Any:
