@@ -203,6 +203,7 @@ def test_report_has_table_marks_plots_and_lists_what_is_missing(results, tmp_pat
     how = md.split("### How each row was configured", 1)[1].split("###", 1)[0]
     assert "uavm (s_dim=0): set away from the defaults: embed_dim=16, n_shared=1, n_specific=1" in how
     assert "sweep `s_dim` point s_dim=4" in how
+    assert "n_specific=1; recipe `default`" in how  # every row names its recipe (issue 22)
     assert {"params", "train clips/s", "infer clips/s"} <= set(head)
     by_name = {r[1]: r for r in body}
     # Sweep points are listed separately; constant width=8 is merged into width=0 (same resolved config).
@@ -378,5 +379,7 @@ def test_a_tuned_row_says_its_budget_score_and_rounded_values():
     assert configured(None, "s_dim", {"s_dim": "4"}) == "sweep s_dim"
     assert configured(None, None, {}) == "defaults" and configured(None, None, {"a": "1"}) == "1 field(s) set"
     assert configured({"missing": "/gone/sum.json"}, None, {}) == "tuned (its tuned file is gone)"
+    assert configured(None, None, {}, "default") == "defaults"
+    assert configured(None, None, {}, "cmg") == "defaults; recipe cmg"
     assert [round_value(v) for v in ("10", "10.0", "0.4", "5e-07", "True", "continuous,instant")] == \
         ["10", "10", "0.4", "5e-07", "True", "continuous,instant"]

@@ -118,13 +118,17 @@ def tuned_values(tuned: dict | None) -> str:
     return ", ".join(f"{short_key(k)}={round_value(v)}" for k, v in sorted(over.items()))
 
 
-def configured(tuned: dict | None, sweep: str | None, set_fields: dict[str, str] | None) -> str:
+def configured(tuned: dict | None, sweep: str | None, set_fields: dict[str, str] | None,
+               recipe: str | None = None) -> str:
     """The table's short answer to "how was this row configured": tuned (with its budget), a sweep
-    point, fields set away from the strategy's defaults, or the defaults."""
+    point, fields set away from the strategy's defaults, or the defaults; then the named recipe
+    (``--recipe``) when it is not the harness's default one."""
     if tuned:
-        return tuned_summary(tuned)
-    if sweep:
-        return f"sweep {sweep}"
-    if set_fields is None:
-        return "unknown (strategy not loadable)"
-    return f"{len(set_fields)} field(s) set" if set_fields else "defaults"
+        out = tuned_summary(tuned)
+    elif sweep:
+        out = f"sweep {sweep}"
+    elif set_fields is None:
+        out = "unknown (strategy not loadable)"
+    else:
+        out = f"{len(set_fields)} field(s) set" if set_fields else "defaults"
+    return out + (f"; recipe {recipe}" if recipe and recipe != "default" else "")

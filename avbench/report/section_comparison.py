@@ -53,7 +53,9 @@ def configuration(rep: Builder) -> None:
     rep.add(Para("Tuned rows started from the configuration `avbench tune` chose on the validation split "
                  "(the same trial budget for every strategy; values rounded to 3 significant digits). "
                  "Other rows ran their strategy's defaults with the fields listed set (by `--set`, a preset, "
-                 "a config file or the dataset card); a sweep's rows differ by the swept point."))
+                 "a config file or the dataset card); a sweep's rows differ by the swept point. Each row "
+                 "names its training recipe (`--recipe`: `default` is the harness's shared one, "
+                 "`reference`/`cmg`/`scenic` the authors' own)."))
     lines = []
     for r in rep.shown(rep.infos):
         parts = []
@@ -70,6 +72,7 @@ def configuration(rep: Builder) -> None:
                                                                    for k, v in fields.items()))
         elif not r.tuned:
             parts.append("its strategy's defaults")
+        parts.append(f"recipe `{r.params.get('recipe') or 'unrecorded'}`")
         lines.append(f"{r.short} {r.label}: " + "; ".join(parts))
     rep.add(Bullets(lines))
 
@@ -190,7 +193,7 @@ def _table(rep: Builder, rows: list[RowInfo], _title: str) -> None:
                  + _over_replicates(rep, r, c) for c in COLUMNS]
         sweep = next(iter(sorted(r.sweeps)), None) if r.from_sweep else None
         body.append([r.short, t.name, config_label(t, [x.row for x in rep.infos]) or "-",
-                     configured(r.tuned, sweep, rep.set_fields(r)),
+                     configured(r.tuned, sweep, rep.set_fields(r), r.params.get("recipe")),
                      t.protocol, t.primary, len(r.seeds)] + cells
                     + [converged(t.extra.get("converged")), params_text(t.extra.get("parameters")),
                        rate(t.extra.get("train_clips_per_s")),
