@@ -46,21 +46,28 @@ def _git(args: list[str], where: Path, timeout: float = 20) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def git_state_at(root: Path) -> tuple[str | None, bool | None]:
+def git_state_at(root: Path, ignore: tuple[str, ...] = ()) -> tuple[str | None, bool | None]:
     """(HEAD, dirty) of the git work tree at ``root``; (None, None) when it is not one. Dirty means a
-    tracked file differs from HEAD (untracked files do not count)."""
+    tracked file differs from HEAD (untracked files do not count), outside the ``ignore`` paths (a
+    report's own output directory, which it rewrites before it asks)."""
     head = _git(["rev-parse", "HEAD"], root, timeout=10)
     if not head:
         return None, None
-    status = _git(["status", "--porcelain", "--untracked-files=no"], root)
+    spec = []
+    for p in ignore:
+        try:
+            spec.append(f":(exclude){Path(p).resolve().relative_to(root.resolve())}")
+        except ValueError:  # outside the work tree: nothing of it can be dirty
+            continue
+    status = _git(["status", "--porcelain", "--untracked-files=no", *(["--", ".", *spec] if spec else [])], root)
     return head, (bool(status) if status is not None else None)
 
 
-def _from_checkout(pkg: Path) -> dict[str, Any] | None:
+def _from_checkout(pkg: Path, ignore: tuple[str, ...] = ()) -> dict[str, Any] | None:
     top = _git(["rev-parse", "--show-toplevel"], pkg, timeout=10)
     if not top or (Path(top).resolve() / pkg.name) != pkg:
         return None  # not a checkout of avbench (e.g. site-packages inside some other repository)
-    commit, dirty = git_state_at(Path(top))
+    commit, dirty = git_state_at(Path(top), ignore)
     return {"commit": commit, "dirty": dirty, "source": "checkout"} if commit else None
 
 
@@ -90,13 +97,13 @@ def _from_direct_url(dist: str = "avbench") -> dict[str, Any] | None:
 
 
 @functools.lru_cache(maxsize=4)
-def source(pkg: Path = _PKG) -> dict[str, Any]:
+def source(pkg: Path = _PKG, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
     """``{"commit", "dirty", "source"}`` of the avbench code running (see the module docstring for the
-    order); every value None when none of them knows."""
-    for find in (_from_checkout, _from_build_info):
-        got = find(pkg)
-        if got:
-            return got
+    order); every value None when none of them knows. ``ignore``: paths whose changes in a checkout do
+    not make it dirty."""
+    got = _from_checkout(pkg, ignore) or _from_build_info(pkg)
+    if got:
+        return got
     if pkg == _PKG:  # direct_url.json describes the installed distribution, which is this package
         got = _from_direct_url()
         if got:

@@ -98,6 +98,27 @@ def test_site_packages_inside_another_repository_is_not_a_checkout(tmp_path):
     assert provenance.source(pkg.resolve()) == {"commit": "a" * 40, "dirty": True, "source": "build"}
 
 
+def test_a_reports_own_output_directory_does_not_make_the_checkout_dirty(tmp_path):
+    """Regenerating a committed report rewrites its figures before the report asks whether the code is
+    committed; that alone must not print "made from uncommitted code"."""
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+    repo = tmp_path / "repo"
+    (repo / "reports" / "synth").mkdir(parents=True)
+    (repo / "code.py").write_text("x = 1\n")
+    (repo / "reports" / "synth" / "fig.svg").write_text("<svg/>")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*GIT, "add", "."], cwd=repo, check=True)
+    subprocess.run([*GIT, "commit", "-q", "-m", "x"], cwd=repo, check=True)
+    (repo / "reports" / "synth" / "fig.svg").unlink()
+    out = str(repo / "reports" / "synth")
+    assert provenance.git_state_at(repo)[1] is True
+    assert provenance.git_state_at(repo, (out,))[1] is False
+    assert provenance.git_state_at(repo, (str(tmp_path / "elsewhere"),))[1] is True  # outside: ignored
+    (repo / "code.py").write_text("x = 2\n")
+    assert provenance.git_state_at(repo, (out,))[1] is True  # code changes still count
+
+
 def test_direct_url_vcs_info(tmp_path, monkeypatch):
     """``pip install git+URL`` records the commit in PEP 610's direct_url.json."""
 

@@ -103,18 +103,23 @@ def tuned_summary(tuned: dict | None) -> str:
     trials = (tuned.get("budget") or {}).get("trials")
     metric, value = tuned.get("metric", ""), tuned.get("value")
     text = "tuned" + (f": {trials} trial{'s' if trials != 1 else ''}" if trials is not None else "")
+    shown = ""
     if isinstance(value, (int, float)) and math.isfinite(value):
         info = results.metric_info(metric)
-        shown = f"{100 * value:.1f}%" if info["range"] == [0.0, 1.0] else f"{value:.4g}"
-        text += f", best validation {metric} {shown}"
-    return text
+        shown = f"validation {metric} " + (f"{100 * value:.1f}%" if info["range"] == [0.0, 1.0] else f"{value:.4g}")
+    select, score = tuned.get("select"), tuned.get("score")
+    if select and isinstance(score, (int, float)) and math.isfinite(score):  # chosen on a --select score
+        shown_score = -score if select == "val_loss" else score  # stored negated, so higher is better
+        return text + f", chosen on {select} {shown_score:.3g}" + (f" ({shown})" if shown else "")
+    return text + (f", best {shown}" if shown else "")
 
 
 def tuned_values(tuned: dict | None) -> str:
-    """The tuned values, rounded: ``lr=0.00123, max_steps=300``."""
+    """The tuned values, rounded: ``lr=0.00123, max_steps=300`` (the searched ones; the fixed
+    ``--set`` values a tuning also stores are the row's settings, listed elsewhere)."""
     if not tuned or "missing" in tuned:
         return ""
-    over = tuned.get("overrides") or {}
+    over = tuned.get("params") or tuned.get("overrides") or {}
     return ", ".join(f"{short_key(k)}={round_value(v)}" for k, v in sorted(over.items()))
 
 
