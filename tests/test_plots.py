@@ -54,6 +54,7 @@ def test_every_row_keeps_one_distinct_colour_and_marker_across_panels():
             if line.get_label() in labels:
                 seen[line.get_label()] = (to_hex(line.get_color()), line.get_marker())
     assert len(seen) == 12 and len(set(seen.values())) == 12  # rows in different panels never look alike
+    assert len({c for c, _ in seen.values()}) == 12  # nor share a colour (11 rows in the synth report did)
     again = plots.draw_panels(groups[1:], xlabel="layer", ylabel="%", categorical=True)
     # the style follows the label's position in the figure, so one figure is always consistent
     assert {x.get_label() for x in again.axes[0].lines} >= set(labels[6:])

@@ -88,13 +88,15 @@ _TAB10 = _TAB20[::2]  # matplotlib's tab10
 
 
 def styles(labels: list[str]) -> dict[str, dict[str, Any]]:
-    """One colour and marker per label, the same in every panel of a figure: label i gets tab10 colour
-    i mod 10 and marker i mod 12 (so no two of the first 60 labels share both), dashed from the 11th."""
+    """One colour and marker per label, the same in every panel of a figure: labels 0-9 get tab10's
+    colours, 10-19 the light shade of the same hue (tab20), then round again; marker i mod 12 (so no
+    two of the first 60 labels share both), dashed from the 11th."""
     out: dict[str, dict[str, Any]] = {}
     for label in labels:
         if label not in out:
             i = len(out)
-            out[label] = {"color": _TAB10[i % len(_TAB10)], "marker": MARKERS[i % len(MARKERS)],
+            color = _TAB20[(2 * i + (i // 10) % 2) % len(_TAB20)] if i % 20 >= 10 else _TAB10[i % len(_TAB10)]
+            out[label] = {"color": color, "marker": MARKERS[i % len(MARKERS)],
                           "ls": "-" if i < len(_TAB10) else "--"}
     return out
 
