@@ -89,6 +89,9 @@ def test_every_axis_is_labelled_with_its_unit():
     for ax in fig.axes[:2]:
         assert "(" in ax.get_xlabel()
     assert "(%)" in fig.axes[0].get_ylabel()
+    mixed = plots.draw_panels([("probe", [s], True), ("attention", [s], False, "MAE (attention weight)")],
+                              xlabel="n_shared (swept value)", ylabel="score (%)", percent=True)
+    assert [ax.get_ylabel() for ax in mixed.axes[:2]] == ["score (%)", "MAE (attention weight)"]
 
 
 @pytest.mark.parametrize("xs", [[218.0, 314.0, 1905.0, 2202.0], [12.0, 120.0, 10500.0, 10600.0], [0.5, 3e6]])

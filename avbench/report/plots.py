@@ -190,8 +190,8 @@ def draw_panels(groups: list[tuple], *, xlabel: str = "", ylabel: str = "", cate
             _chance(ax, hline, pct, hline_label)
         ax.set_title(name, fontsize=8)
         ax.set_xlabel(xlabel)
-        if pct != percent:
-            ax.set_ylabel("%" if pct else "value")
+        if pct != percent:  # a panel in other units than the figure's: its own label (a 4th element) or %
+            ax.set_ylabel(group[3] if len(group) > 3 else ("%" if pct else "value"))
     for row in axes:
         row[0].set_ylabel(ylabel)
     seen: dict[str, Any] = {}

@@ -85,11 +85,13 @@ def sweeps(rep: Builder) -> None:
 
 def _sweep_analysis_groups(rep: Builder, lines: dict[str, list[RowInfo]], xval, numeric: bool) -> list:
     """Last-layer probe, retrieval and attention MAE of each sweep line against x."""
-    specs = [("probe", "modality probe, last layer", lambda res: _last_layer(res, "acc"), True),
-             ("retrieval", "A→V R@1, last layer", lambda res: _last_layer(res, "a2v_R@1", skip=("logits",)), True),
-             ("attention", "attention MAE A vs V, last layer", lambda res: _last_layer(res, "mae"), False)]
+    specs = [("probe", "modality probe, last layer", lambda res: _last_layer(res, "acc"), True, "%"),
+             ("retrieval", "A→V R@1, last layer", lambda res: _last_layer(res, "a2v_R@1", skip=("logits",)), True,
+              "%"),
+             ("attention", "attention MAE A vs V, last layer", lambda res: _last_layer(res, "mae"), False,
+              "MAE (attention weight)")]
     groups = []
-    for what, title, get, percent in specs:
+    for what, title, get, percent, unit in specs:
         series = []
         for label, rs in sorted(lines.items()):
             pts = []
@@ -102,7 +104,7 @@ def _sweep_analysis_groups(rep: Builder, lines: dict[str, list[RowInfo]], xval, 
             if pts:
                 series.append(plots.Series(label, [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts]))
         if series:
-            groups.append((title, series, percent))
+            groups.append((title, series, percent, unit))
     return groups
 
 
