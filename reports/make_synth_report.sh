@@ -28,7 +28,7 @@
 # SAMPLER_SEED+r on data seed r, into $RESULTS-fresh<r>): the most independent replicate for the
 # price of one. Each replicate costs about what steps 1-2 cost (most of the run).
 #
-#   reports/make_synth_report.sh                      # results in results/synth-report
+#   reports/make_synth_report.sh                      # results in results/synth-report (+ -fresh1)
 #   RESULTS=/tmp/r OUT=/tmp/report JOBS=2 BUDGET=16 MAX_STEPS=540 reports/make_synth_report.sh
 #   SAMPLER_REPLICATES=2 DATA_REPLICATES=2 reports/make_synth_report.sh   # + one sampler and one data replicate
 set -euo pipefail
@@ -48,7 +48,7 @@ REPLICATES="${REPLICATES:-1}"  # whole selections with sampler seeds 0..R-1 (eac
 SAMPLER_SEED="${SAMPLER_SEED:-0}"            # the tuning sampler seed of $RESULTS (replicate R0)
 SAMPLER_REPLICATES="${SAMPLER_REPLICATES:-1}"  # protocol replicates with sampler seeds SAMPLER_SEED+0..R-1 (R0 = $RESULTS)
 DATA_REPLICATES="${DATA_REPLICATES:-1}"        # protocol replicates on synth data seeds 0..R-1 (R0 = $RESULTS)
-FRESH_REPLICATES="${FRESH_REPLICATES:-1}"      # replicates with both fresh: sampler seed SAMPLER_SEED+r, data seed r
+FRESH_REPLICATES="${FRESH_REPLICATES:-2}"      # R0 + replicates with both fresh: sampler seed SAMPLER_SEED+r, data seed r
 # Longest tuning first (measured, minutes of one core for 16 trials: vq_codes 16.7, cross_attention 13.3,
 # mbt 12.7, independent 8.5, uavm 7.9, event_layers 1.6, the others about 1):
 # the executor gives a free slot to the first idle strategy in this order, so the quick

@@ -72,6 +72,7 @@ def test_tau_equals_scipy_on_the_known_rankings_and_the_mlflow_runs(report, stor
     m0, m1 = _means_from_mlflow(stores[0]), _means_from_mlflow(stores[1])
     assert tau["tau"] == pytest.approx(kendalltau([m0[n] for n in names], [m1[n] for n in names]).statistic)
     assert "## Replication" in md and "0.67" in md
+    assert "**Only 2 replicates.**" in md and "factor of 0.50" in md  # the bootstrap over 2 is optimistic
     # The main table's cells carry the interval over replicates and seeds beside the seeds-only one.
     low, high = data["replication"]["columns"]["fusion"]["row_spread"]["B"]["hierarchical_ci"]
     assert f"⟨{100 * low:.2f}, {100 * high:.2f}⟩" in md

@@ -100,6 +100,9 @@ def _pair(p: tuple[rp.Key, rp.Key]) -> str:
     return f"{rp.key_text(p[0])} > {rp.key_text(p[1])}"
 
 
+FEW_REPLICATES = 5  # below this, the report says its bootstrap over replicates is optimistic
+
+
 def replication(rep: Builder, reps: list[Replicate]) -> dict[str, Any] | None:
     """Append the section; return what report.json carries (None without replicates)."""
     if len(reps) < 2:
@@ -157,4 +160,11 @@ def replication(rep: Builder, reps: list[Replicate]) -> dict[str, Any] | None:
                  "replicates when the same two-stage bootstrap of the difference (the same replicates drawn for "
                  "both rows, seeds paired where both ran the same seeds) gives a Holm-adjusted two-sided "
                  "p-value below 0.05: it must hold across the replicates, not only across one replicate's seeds."))
+    if len(reps) < FEW_REPLICATES:
+        rep.add(Para(f"**Only {len(reps)} replicates.** A bootstrap over {len(reps)} replicates draws from "
+                     f"{len(reps)} values, so it understates the spread between them (by a factor of "
+                     f"{(len(reps) - 1) / len(reps):.2f} in variance for the mean) and its calls are optimistic; "
+                     f"trust a call across replicates only where it also holds in every replicate (the lists "
+                     f"above), and add replicates before citing the rest."))
+        rep.missing.append(f"replication: only {len(reps)} replicates (calls across them are optimistic)")
     return summary
