@@ -94,6 +94,16 @@ def test_every_axis_is_labelled_with_its_unit():
     assert [ax.get_ylabel() for ax in mixed.axes[:2]] == ["score (%)", "MAE (attention weight)"]
 
 
+def test_attention_heatmap_colour_bar_says_what_it_measures(tmp_path, monkeypatch):
+    saved = []
+    monkeypatch.setattr(plots, "_savefig", lambda fig, path: saved.append(fig))
+    plots.attention_heatmap({"audio": np.full((2, 5), 0.2), "video": np.full((2, 5), 0.3), "layer": "layer1"},
+                            tmp_path / "heat.png")
+    (fig,) = saved
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert "attention weight (softmax, 0-1)" in labels and "audio input\nhead" in labels
+
+
 @pytest.mark.parametrize("xs", [[218.0, 314.0, 1905.0, 2202.0], [12.0, 120.0, 10500.0, 10600.0], [0.5, 3e6]])
 def test_log_axes_never_overlap_their_labels(xs):
     pts = [plots.Point(f"#{i}", x, 0.3) for i, x in enumerate(xs)]

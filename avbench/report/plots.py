@@ -301,7 +301,7 @@ def attention_heatmap(heat: dict[str, Any], path: str | Path, title: str = "") -
         ax.set_ylabel(f"{name}\nhead")
         ax.set_yticks(range(m.shape[0]))
     axes[-1, 0].set_xlabel("time step (attention received, mean over queries)")
-    fig.colorbar(im, ax=axes[:, 0].tolist(), shrink=0.8)
+    fig.colorbar(im, ax=axes[:, 0].tolist(), shrink=0.8, label="attention weight (softmax, 0-1)")
     fig.suptitle(title or f"{heat.get('layer', '')} attention, clip {heat.get('clip_id', '')}", fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
