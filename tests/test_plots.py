@@ -102,6 +102,12 @@ def test_attention_heatmap_colour_bar_says_what_it_measures(tmp_path, monkeypatc
     (fig,) = saved
     labels = [ax.get_ylabel() for ax in fig.axes]
     assert "attention weight (softmax, 0-1)" in labels and "audio input\nhead" in labels
+    # Uniform attention (1/T everywhere, up to float noise) is mid-scale, not stretched to both ends.
+    flat = np.full((2, 5), 0.2)
+    lo, hi = plots.heatmap_range(flat, flat + 1e-6)
+    assert lo == pytest.approx(0.18) and hi == pytest.approx(0.22)
+    peaked = np.array([[0.6, 0.1, 0.1, 0.1, 0.1]])
+    assert plots.heatmap_range(peaked, flat) == (pytest.approx(0.1), pytest.approx(0.6))  # a real range is kept
 
 
 @pytest.mark.parametrize("xs", [[218.0, 314.0, 1905.0, 2202.0], [12.0, 120.0, 10500.0, 10600.0], [0.5, 3e6]])

@@ -289,11 +289,22 @@ def tsne_grid(result: dict[str, Any], path: str | Path, title: str = "") -> Path
     return save(fig, path)
 
 
+def heatmap_range(*maps: np.ndarray) -> tuple[float, float]:
+    """The shared colour scale of attention maps: their full range, widened to at least +-10% around
+    uniform attention (1/T), so a map that attends uniformly shows as uniform mid-scale colour
+    rather than a difference of 1e-5 stretched over the whole colour bar (UAVM's last layer on synth
+    attends uniformly; with a bare min-max scale its audio map drew dark and its video map teal)."""
+    uniform = 1.0 / maps[0].shape[-1]
+    lo = min(float(m.min()) for m in maps)
+    hi = max(float(m.max()) for m in maps)
+    return min(lo, 0.9 * uniform), max(hi, 1.1 * uniform)
+
+
 def attention_heatmap(heat: dict[str, Any], path: str | Path, title: str = "") -> Path:
     plt = _plt()
     a = np.asarray(heat["audio"])
     v = np.asarray(heat["video"])
-    vmin, vmax = float(min(a.min(), v.min())), float(max(a.max(), v.max()))  # shared scale, full contrast
+    vmin, vmax = heatmap_range(a, v)
     fig, axes = plt.subplots(2, 1, figsize=(6.0, 0.5 * a.shape[0] * 2 + 1.4), squeeze=False)
     for ax, (name, m) in zip(axes[:, 0], (("audio input", a), ("video input", v))):
         im = ax.imshow(m, aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
