@@ -152,10 +152,11 @@ def environment() -> dict[str, Any]:
 
 
 def provenance(*, config: Mapping[str, Any] | None = None, recipe: Mapping[str, Any] | None = None,
-               cache_key: str | None = None, environment_: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               cache_key: str | None = None, environment_: Mapping[str, Any] | None = None,
+               dirty_ignore: tuple[str, ...] = ()) -> dict[str, Any]:
     import avbench
 
-    src = _prov.source()
+    src = _prov.source(ignore=dirty_ignore)
     return {"avbench_version": avbench.__version__, "git_commit": src["commit"], "git_dirty": src["dirty"],
             "git_source": src["source"],
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -200,9 +201,11 @@ def _metric_names(kind: str, data: Mapping[str, Any]) -> list[str]:
 
 
 def finalize(kind: str, data: Mapping[str, Any], *, cache_key: str | None = None,
-             config: Mapping[str, Any] | None = None, recipe: Mapping[str, Any] | None = None) -> dict[str, Any]:
+             config: Mapping[str, Any] | None = None, recipe: Mapping[str, Any] | None = None,
+             dirty_ignore: tuple[str, ...] = ()) -> dict[str, Any]:
     """``data`` as a contract document of ``kind``: MLflow metric names, provenance, metric_info,
-    validated. Config, recipe and cache key default to the document's own ``config``/``recipe``/``cache``."""
+    validated. Config, recipe and cache key default to the document's own ``config``/``recipe``/``cache``;
+    changes under ``dirty_ignore`` (a report's own output directory) do not make the checkout dirty."""
     if kind not in KINDS:
         raise ValueError(f"unknown results kind {kind!r} (one of {', '.join(KINDS)})")
     doc = dict(data)
@@ -218,7 +221,8 @@ def finalize(kind: str, data: Mapping[str, Any], *, cache_key: str | None = None
     prov = provenance(config=config if config is not None else doc.get("config"),
                       recipe=recipe if recipe is not None else doc.get("recipe"),
                       cache_key=cache_key if cache_key is not None else cache.get("key"),
-                      environment_=doc.get("environment") if isinstance(doc.get("environment"), Mapping) else None)
+                      environment_=doc.get("environment") if isinstance(doc.get("environment"), Mapping) else None,
+                      dirty_ignore=dirty_ignore)
     doc = {"schema_version": SCHEMA_VERSION, "kind": kind, "provenance": prov,
            "metric_info": {m: metric_info(m) for m in _metric_names(kind, doc)}, **doc}
     doc = _clean(doc)

@@ -119,6 +119,22 @@ def test_a_reports_own_output_directory_does_not_make_the_checkout_dirty(tmp_pat
     assert provenance.git_state_at(repo, (out,))[1] is True  # code changes still count
 
 
+def test_results_provenance_passes_the_ignored_paths_to_the_dirty_check(monkeypatch):
+    """report.json's git_dirty asks the same question as the report's warning (its output left out)."""
+    from avbench import results
+
+    asked = []
+
+    def fake(pkg=None, ignore=()):
+        asked.append(ignore)
+        return {"commit": "c" * 40, "dirty": bool(not ignore), "source": "checkout"}
+
+    monkeypatch.setattr(results._prov, "source", fake)
+    assert results.provenance(dirty_ignore=("/repo/reports/synth",))["git_dirty"] is False
+    assert results.provenance()["git_dirty"] is True
+    assert asked == [("/repo/reports/synth",), ()]
+
+
 def test_direct_url_vcs_info(tmp_path, monkeypatch):
     """``pip install git+URL`` records the commit in PEP 610's direct_url.json."""
 

@@ -157,6 +157,6 @@ def build_report(tracker: Any, dataset: str, out: str | Path, *, n_boot: int | N
         row["chance"] = b.chance_of(info)
         row["not_above_chance"] = [c for c in COLUMNS if results.not_above_chance(info.row.cells.get(c) or {},
                                                                                   row["chance"].get(c))]
-    summary = results.finalize("report", summary)  # the results contract; written as report.json
+    summary = results.finalize("report", summary, dirty_ignore=(str(out),))  # the results contract: report.json
     results.write(out / "report.json", summary)
     return ReportResult(md, page, b.figures, summary["missing"], summary)
