@@ -95,7 +95,7 @@ def styles(labels: list[str]) -> dict[str, dict[str, Any]]:
     for label in labels:
         if label not in out:
             i = len(out)
-            color = _TAB20[(2 * i + (i // 10) % 2) % len(_TAB20)] if i % 20 >= 10 else _TAB10[i % len(_TAB10)]
+            color = _TAB20[(2 * i + (i // 10) % 2) % len(_TAB20)]  # even entries are tab10, odd its light shades
             out[label] = {"color": color, "marker": MARKERS[i % len(MARKERS)],
                           "ls": "-" if i < len(_TAB10) else "--"}
     return out
