@@ -2,6 +2,7 @@
 tau, flipped pairs, calls that survive every replicate, and the hierarchical interval."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -146,3 +147,36 @@ def test_rows_missing_from_a_replicate_are_left_out_and_named():
     assert c.keys == [k["A"], k["B"]] and c.left_out == [k["E"]]
     assert c.tau[(0, 1)] == pytest.approx(-1.0) and c.flips[(0, 1)] == [(k["A"], k["B"])]
     assert rp.column_json(c, ["R0", "R1"])["left_out"] == ["E"]
+
+
+def test_expected_tau_agrees_with_scipy_on_simulated_replicates():
+    """The vectorised expectation equals the mean of scipy's tau over the same kind of draws."""
+    means, std = [0.80, 0.78, 0.75, 0.70, 0.60], [0.01, 0.03, 0.02, 0.04, 0.01]
+    rng = np.random.default_rng(1)
+    draws = [(means + rng.standard_normal(5) * std, means + rng.standard_normal(5) * std) for _ in range(4000)]
+    scipy_mean = np.mean([kendalltau(a, b).statistic for a, b in draws])
+    assert rp.expected_tau(means, std, draws=4000) == pytest.approx(scipy_mean, abs=0.02)
+    assert rp.expected_tau(means, 1e-6) == 1.0  # spreads far below the gaps: the order never changes
+    assert abs(rp.expected_tau([0.5] * 6, 0.01)) < 0.02  # rows that tie: an unrelated order
+
+
+def test_std_for_tau_is_the_spread_at_which_the_expected_tau_reaches_the_target():
+    means = [0.0, 0.01, 0.02, 0.03, 0.04, 0.05]  # evenly spaced, 1 point apart
+    need = rp.std_for_tau(means, 0.9)
+    assert rp.expected_tau(means, need) >= 0.9 > rp.expected_tau(means, need * 1.1)
+    assert 0.001 < need < 0.01  # below the gap: neighbours must rarely swap
+    assert math.isnan(rp.std_for_tau([0.5, 0.5, 0.6], 0.9))  # an exact tie: no spread orders it
+
+
+def test_report_gives_the_expected_tau_and_the_spread_it_needs(report):
+    fusion = report[0]["replication"]["columns"]["fusion"]
+    spread = fusion["row_spread"]
+    pooled = [np.mean(spread[k]["replicate_means"]) for k in "ABCD"]
+    assert fusion["expected_tau"] == pytest.approx(rp.expected_tau(pooled, [spread[k]["replicate_std"] for k in "ABCD"]))
+    # B and C swap between R0 and R1, so their means over replicates tie exactly: no spread helps
+    assert pooled[1] == pytest.approx(pooled[2]) and fusion["replicate_std_for_tau"]["std"] is None
+    section = report[1].split("### Fusion")[1]
+    assert "fresh replicates, if each row's" in section and f"{fusion['expected_tau']:.2f}" in section
+    assert "no spread reaches it (rows tie exactly)" in section
+    audio = report[0]["replication"]["columns"]["audio"]
+    assert audio["replicate_std_for_tau"]["std"] is None  # the same rows, shifted: the same tie

@@ -13,7 +13,10 @@ directory; this module compares the replicates' rows without touching MLflow (``
 - which of the report's Holm-corrected calls hold, with the same sign, in every replicate;
 - a hierarchical bootstrap over replicates, then seeds within each replicate: a row's interval that
   counts both kinds of randomness, and pairwise p-values (Holm-corrected per column) so a difference
-  is called only when it holds across the replicates, not just across one replicate's seeds.
+  is called only when it holds across the replicates, not just across one replicate's seeds;
+- the tau to expect between two fresh replicates given the rows' means and spreads (a normal model),
+  and the spread every row would need for that tau to reach 0.9: whether a low tau is bad luck or
+  what these spreads imply, and how much quieter the protocol must get.
 """
 
 from __future__ import annotations
@@ -201,6 +204,8 @@ class ColumnReplication:
     hier: dict[tuple[Key, Key], HierCall] = field(default_factory=dict)
     rows: dict[Key, dict[str, Any]] = field(default_factory=dict)  # spreads and hierarchical interval
     left_out: list[Key] = field(default_factory=list)  # rows with this column in some replicates only
+    expected_tau: float = float("nan")  # between two fresh replicates, with these rows' means and spreads
+    std_needed: float = float("nan")  # the replicate std (every row) at which expected tau reaches TAU_TARGET
 
 
 def replicate_column(column: str, per_seed: Sequence[Mapping[Key, Mapping[int, float]]],
@@ -223,7 +228,47 @@ def replicate_column(column: str, per_seed: Sequence[Mapping[Key, Mapping[int, f
     for k in keys:
         vals = [list(v.values()) for v in items[k]]
         out.rows[k] = {**spreads(vals), "interval": hierarchical_interval(vals, n_boot)}
+    pooled = [float(np.mean(out.rows[k]["replicate_means"])) for k in keys]
+    out.expected_tau = expected_tau(pooled, [out.rows[k]["replicate_std"] for k in keys])
+    out.std_needed = std_for_tau(pooled)
     return out
+
+
+TAU_TARGET = 0.9  # issue 23's bar for a ranking that replicates
+TAU_DRAWS = 2000  # Monte Carlo pairs of replicates for expected_tau
+
+
+def expected_tau(means: Sequence[float], std: Sequence[float] | float, draws: int = TAU_DRAWS, seed: int = 0) -> float:
+    """Kendall's tau expected between two independent replicates when each row's replicate mean is
+    normal around ``means`` with spread ``std`` (per row or one for all): what a measured tau is
+    compared with, and what tells whether a target tau is reachable with such spreads."""
+    mu = np.asarray(means, dtype=float)
+    sd = np.broadcast_to(np.asarray(std, dtype=float), mu.shape)
+    if mu.size < 2:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    a = mu + rng.standard_normal((draws, mu.size)) * sd
+    b = mu + rng.standard_normal((draws, mu.size)) * sd
+    i, j = np.triu_indices(mu.size, 1)
+    # continuous draws never tie, so tau-b is the mean product of the pairs' order signs, per draw
+    return float(np.mean(np.sign(a[:, i] - a[:, j]) * np.sign(b[:, i] - b[:, j])))
+
+
+def std_for_tau(means: Sequence[float], target: float = TAU_TARGET, draws: int = TAU_DRAWS, seed: int = 0) -> float:
+    """The largest replicate std, the same for every row, at which ``expected_tau`` still reaches
+    ``target`` (bisection on a log scale; the same random draws at every std, so the curve is smooth).
+    nan with fewer than 2 rows or rows that tie exactly (no std reaches the target)."""
+    mu = np.asarray(means, dtype=float)
+    gaps = np.diff(np.sort(mu))
+    if mu.size < 2 or not np.all(gaps > 0):
+        return float("nan")
+    lo, hi = float(gaps.min()) * 1e-3, float(np.ptp(mu)) * 10
+    if expected_tau(mu, lo, draws, seed) < target:
+        return float("nan")
+    for _ in range(30):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if expected_tau(mu, mid, draws, seed) >= target else (lo, mid)
+    return lo
 
 
 def column_json(c: ColumnReplication, labels: Sequence[str]) -> dict[str, Any]:
@@ -239,6 +284,8 @@ def column_json(c: ColumnReplication, labels: Sequence[str]) -> dict[str, Any]:
         "calls": {labels[i]: [pair(p if s > 0 else (p[1], p[0])) for p, s in sorted(cl.items()) if s]
                   for i, cl in enumerate(c.calls)},
         "left_out": [key_text(k) for k in c.left_out],
+        "expected_tau": c.expected_tau,
+        "replicate_std_for_tau": {"target": TAU_TARGET, "std": c.std_needed},
         "surviving_calls": [pair(p) for p in c.surviving],
         "calls_in_some_replicates": [{"pair": pair(d["pair"]), "signs": d["signs"]} for d in c.partial],
         "hierarchical_calls": [{"pair": pair(p), "sign": h.sign, "diff": h.diff, "ci_low": h.ci_low,

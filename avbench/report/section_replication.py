@@ -100,6 +100,20 @@ def _pair(p: tuple[rp.Key, rp.Key]) -> str:
     return f"{rp.key_text(p[0])} > {rp.key_text(p[1])}"
 
 
+def _tau_outlook(c: rp.ColumnReplication) -> str:
+    """What tau these spreads imply, and the spread a tau of TAU_TARGET needs."""
+    stds = sorted((c.rows[k]["replicate_std"], rp.key_text(k)) for k in c.keys if math.isfinite(c.rows[k]["replicate_std"]))
+    if not stds or not math.isfinite(c.expected_tau):
+        return "Expected τ: needs two rows with a spread across replicates."
+    median = stds[len(stds) // 2][0]
+    need = (f"every row's std across replicates would have to be at most {_pct(c.std_needed)} points "
+            if math.isfinite(c.std_needed) else "no spread reaches it (rows tie exactly) ")
+    return (f"Expected τ between two fresh replicates, if each row's replicate mean is normal around its "
+            f"mean over replicates with its std across replicates ({rp.TAU_DRAWS} simulated pairs): "
+            f"{c.expected_tau:.2f}. For an expected τ of {rp.TAU_TARGET:g} with these means, {need}"
+            f"(now: median {_pct(median)}, largest {_pct(stds[-1][0])} for {stds[-1][1]}).")
+
+
 FEW_REPLICATES = 5  # below this, the report says its bootstrap over replicates is optimistic
 
 
@@ -150,6 +164,7 @@ def replication(rep: Builder, reps: list[Replicate]) -> dict[str, Any] | None:
                            f"{_pct(iv['mean'])} ({_pct(iv['ci_low'])}, {_pct(iv['ci_high'])})"])
         rep.add(Table(["row"] + [f"{x} mean" for x in labels]
                       + ["std across replicates", "std across seeds", "mean (95% over replicates and seeds)"], body))
+        rep.add(Para(_tau_outlook(c)))
         called = [(p if h.sign > 0 else (p[1], p[0])) for p, h in sorted(c.hier.items()) if h.sign]
         rep.add(Para("Called across replicates (hierarchical bootstrap, Holm-corrected over this column's "
                      "pairs): " + (", ".join(_pair(p) for p in called) or "none") + "."))
