@@ -59,6 +59,23 @@ def test_tune_never_opens_the_test_split_and_gives_every_strategy_the_same_budge
     assert tuned.overrides["train.lr"] == "0.5" and tuned.overrides["train.schedule"] == "cosine"
 
 
+def test_run_length_budget_trains_every_trial_the_whole_budget(tmp_path, monkeypatch):
+    """--run-length budget: train.max_steps leaves the space, every trial and the choice train the budget
+    (the searched default draws 25-100% of it, above); the tuned file says which it was."""
+    from avbench.executor import options
+
+    monkeypatch.setattr(options, "make", lambda req: InProcessExecutor())
+    out = tune.tune(_req(tmp_path, strategies=["sum"], budget=3, run_length="budget"))
+    res = out["strategies"]["sum"]
+    assert out["budget"]["run_length"] == "budget" and res["budget"]["run_length"] == "budget"
+    assert "train.max_steps" not in res["space"] and set(res["space"]) == {"train.lr", "train.weight_decay"}
+    assert [t["steps"] for t in res["trials"]] == [6, 6, 6] and res["budget"]["steps_trained"] == 18
+    assert res["params"]["train.max_steps"] == 6 and res["overrides"]["train.max_steps"] == "6"
+    assert res["capped"] == {}  # the pinned run length is not "capped": nothing was searched
+    with pytest.raises(UserError, match="--run-length whole: one of searched, budget"):
+        tune.tune(_req(tmp_path, run_length="whole"))
+
+
 def test_cv_scores_every_trial_on_every_fold_and_records_the_folds(tmp_path, monkeypatch):
     import numpy as np
 

@@ -47,6 +47,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="run the whole selection R times, sampler seeds --sampler-seed + 0..R-1, each stored")
     p.add_argument("--space", metavar="FILE", help="YAML/JSON search space: {key: {type, low, high, log}} for "
                                                    "every strategy, or {strategy: {...}}; replaces the declared one")
+    p.add_argument("--run-length", choices=("searched", "budget"), default="searched",
+                   help="searched: train.max_steps is searched as a share of the step budget (the declared "
+                        "space); budget: it is not searched, every trial and the chosen configuration train "
+                        "the whole budget (docs/tuning-and-sweeps.md says when to prefer it)")
     p.add_argument("--max-steps", type=int, metavar="S",
                    help="training steps per trial at most (default: the recipe's epochs over the training rows)")
     p.add_argument("--sampler-seed", type=int, default=0,
@@ -85,6 +89,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         strategies=[s.strip() for s in args.strategy.split(",") if s.strip()], dataset=args.dataset,
         cache=args.cache, budget=args.budget, seeds=seeds, space_file=args.space, select=args.select,
         confirm=args.confirm, confirm_seeds=args.confirm_seeds, replicates=args.replicates, cv=args.cv,
+        run_length=args.run_length,
         overrides=cfgmod.parse_pairs(args.overrides), max_steps=args.max_steps, sampler_seed=args.sampler_seed,
         prune=args.prune, results_dir=args.results_dir, cache_root=args.cache_root, device=args.device,
         progress=not args.no_progress, skip_tuned=args.skip_tuned, **options.from_args(args))

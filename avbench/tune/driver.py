@@ -47,7 +47,7 @@ from avbench.errors import UserError
 from avbench.resolve import resolve, split_overrides
 from avbench.tune import executor, store
 from avbench.tune.select import check_select
-from avbench.tune.space import FIXED, distributions, load_space_file, step_cap
+from avbench.tune.space import FIXED, STEPS_KEY, distributions, load_space_file, step_cap
 from avbench.tune.study import TuneRequest, confirm_seeds, run_request, tune_one
 
 
@@ -66,9 +66,20 @@ def check_request(req: TuneRequest) -> None:
         raise UserError("--replicates must be at least 1")
     if req.cv == 1 or req.cv < 0:
         raise UserError(f"--cv {req.cv}: cross-validation needs at least 2 folds (0: the validation hold-out)")
+    if req.run_length not in RUN_LENGTHS:
+        raise UserError(f"--run-length {req.run_length}: one of {', '.join(RUN_LENGTHS)}")
     if req.prune and (req.executor != "local" or (req.jobs or 1) > 1):
         raise UserError("--prune runs trials in this process (the pruner reads each trial's validation curve "
                         "while it trains), so it takes neither --jobs above 1 nor --executor ray")
+
+
+RUN_LENGTHS = ("searched", "budget")
+
+
+def run_length_space(space: dict[str, Any], run_length: str) -> dict[str, Any]:
+    """The space a tuning searches: with ``budget`` the run length is taken out of it, so every trial
+    trains the whole step budget (``distributions`` pins ``train.max_steps`` to it)."""
+    return space if run_length == "searched" else {k: v for k, v in space.items() if k != STEPS_KEY}
 
 
 def tune(req: TuneRequest) -> dict[str, Any]:
@@ -85,7 +96,7 @@ def tune(req: TuneRequest) -> dict[str, Any]:
     cap = req.max_steps or step_cap(first.recipe, first.cache)
     spaces = {}
     for s, r in resolved.items():
-        space = files.get(s) or r.strategy_cls.search_space(r.recipe)
+        space = run_length_space(files.get(s) or r.strategy_cls.search_space(r.recipe), req.run_length)
         spaces[s] = (space, distributions(space, cap, f"search space of {s}"))
         for key in space:  # a key the strategy, recipe or dataset does not have fails now, not in trial 3
             split_overrides({key: "0"}, {f.name for f in dataclasses.fields(r.strategy_cls.Config)},
@@ -93,6 +104,7 @@ def tune(req: TuneRequest) -> dict[str, Any]:
     out: dict[str, Any] = {"budget": {"trials": req.budget, "max_steps_per_trial": cap, "seeds": req.seeds,
                                       "sampler": f"TPE seed {req.sampler_seed} (one stream per strategy)",
                                       "pruning": req.prune, "select": req.select, "cv_folds": req.cv,
+                                      "run_length": req.run_length,
                                       "confirm": {"trials": req.confirm,
                                                   "seeds": confirm_seeds(req) if req.confirm else []},
                                       "replicates": req.replicates},

@@ -78,6 +78,7 @@ class TuneRequest:
     confirm_seeds: int = 2  # fresh seeds per confirmed trial
     replicates: int = 1  # the whole selection R times, sampler seeds sampler_seed + 0 .. R-1
     replicate: int = 0  # which replicate this request runs (set by the driver)
+    run_length: str = "searched"  # "budget": train.max_steps is not searched, every trial trains the whole budget
     cv: int = 0  # K >= 2: every trial trains once per stratified fold of the training split (0: the hold-out)
 
 
@@ -265,7 +266,7 @@ def tuning_parent(req: TuneRequest, strategy: str, r0: Resolved, tracker: Tracke
                                  "sampler_seed": req.sampler_seed, "strategy_sampler_seed": sseed,
                                  "replicate": req.replicate, "select": req.select, "confirm_trials": req.confirm,
                                  "confirm_seeds": confirm_seeds(req) if req.confirm else [], "pruning": req.prune,
-                                 "cv_folds": req.cv,
+                                 "cv_folds": req.cv, "run_length": req.run_length,
                                  "study": f"{study_storage_path(req.results_dir)}::{r0.strategy_cls.name}-{group}",
                                  **{f"fixed.{k}": v for k, v in overrides.items()}},
                                 {TAG_KIND: "tune", TAG_STRATEGY: r0.strategy_cls.name,
@@ -372,7 +373,7 @@ def conclude(req: TuneRequest, r0: Resolved, study: Any, trials: list[dict[str, 
               "overrides": {**overrides, **{k: text(v) for k, v in best["params"].items()}},
               "budget": {"trials": req.budget, "max_steps_per_trial": cap,
                          "steps_trained": int(sum(t.get("steps", 0) for t in trials + confirmed)),
-                         "finished": len(trials), "seeds": req.seeds,
+                         "finished": len(trials), "seeds": req.seeds, "run_length": req.run_length,
                          "confirm": {"trials": req.confirm, "seeds": confirm_seeds(req) if req.confirm else []}},
               "replicate": req.replicate, "sampler_seed": req.sampler_seed,
               "strategy_sampler_seed": sel.strategy_seed(req.sampler_seed, r0.strategy_cls.name),
