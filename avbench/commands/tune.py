@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     seeds.add_argument("--seeds", help="training seeds of every trial; its score is their mean (default 0)")
     seeds.add_argument("--trial-seeds", type=int, metavar="K", help="every trial trains seeds 0..K-1; its score "
                                                                     "is their mean, their spread its noise")
-    from avbench.tune.select import DEFAULT_SELECT, SELECT
+    from avbench.tune.select import DEFAULT_SELECT, RUN_LENGTHS, SELECT
 
     p.add_argument("--select", default=DEFAULT_SELECT, choices=list(SELECT),
                    help=f"the trial score: validation mAP, loss (lower is better) or accuracy (default "
@@ -47,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="run the whole selection R times, sampler seeds --sampler-seed + 0..R-1, each stored")
     p.add_argument("--space", metavar="FILE", help="YAML/JSON search space: {key: {type, low, high, log}} for "
                                                    "every strategy, or {strategy: {...}}; replaces the declared one")
-    p.add_argument("--run-length", choices=("searched", "budget"), default="searched",
+    p.add_argument("--run-length", choices=RUN_LENGTHS, default="searched",
                    help="searched: train.max_steps is searched as a share of the step budget (the declared "
                         "space); budget: it is not searched, every trial and the chosen configuration train "
                         "the whole budget (docs/tuning-and-sweeps.md says when to prefer it)")

@@ -46,7 +46,7 @@ from typing import Any
 from avbench.errors import UserError
 from avbench.resolve import resolve, split_overrides
 from avbench.tune import executor, store
-from avbench.tune.select import check_select
+from avbench.tune.select import RUN_LENGTHS, check_select
 from avbench.tune.space import FIXED, STEPS_KEY, distributions, load_space_file, step_cap
 from avbench.tune.study import TuneRequest, confirm_seeds, run_request, tune_one
 
@@ -71,9 +71,6 @@ def check_request(req: TuneRequest) -> None:
     if req.prune and (req.executor != "local" or (req.jobs or 1) > 1):
         raise UserError("--prune runs trials in this process (the pruner reads each trial's validation curve "
                         "while it trains), so it takes neither --jobs above 1 nor --executor ray")
-
-
-RUN_LENGTHS = ("searched", "budget")
 
 
 def run_length_space(space: dict[str, Any], run_length: str) -> dict[str, Any]:

@@ -19,6 +19,8 @@ training anything. A trial record carries, per training seed, the validation acc
   or a difference within twice the combined standard error. The summary says so instead of
   pretending that trial order settled it.
 * ``capped``: chosen values at the top of their range (the search wanted more than it was allowed).
+* ``RUN_LENGTHS``: whether the run length is one of the choices (``searched``) or the whole step
+  budget for every trial (``budget``; the driver takes it out of the space).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ SELECT = {"val_loss": ("loss", -1.0), "val_mAP": ("mAP", 1.0), "val_acc": ("acc"
 DEFAULT_SELECT = "val_mAP"  # measured: benchmarks/tune_selection.py, docs/tuning-and-sweeps.md
 NOISE_Z = 2.0  # two standard errors of the difference: "cannot be told apart"
 TOP_SHARE = 0.05  # a chosen value in the top 5% of its range (log scale if searched so) is "capped"
+RUN_LENGTHS = ("searched", "budget")  # --run-length: train.max_steps among the choices, or the whole budget
 
 
 def stable_seed(*parts: Any) -> int:
