@@ -111,6 +111,20 @@ def test_cv_scores_every_trial_on_every_fold_and_records_the_folds(tmp_path, mon
         tune.tune(_req(tmp_path, cv=1))
 
 
+def test_a_per_strategy_space_file_serves_any_subset_of_its_strategies(tmp_path):
+    from avbench.tune.space import load_space_file
+
+    space = tmp_path / "space.yaml"
+    space.write_text("sum:\n  train.lr: {type: float, low: 1.0e-3, high: 1.0e-2}\n"
+                     "uavm:\n  s_dim: {type: int, low: 16, high: 64}\n")
+    assert load_space_file(space, ["sum", "late_fusion"]) == {"sum": {"train.lr": {"type": "float", "low": 1e-3,
+                                                                                     "high": 1e-2}}}
+    with pytest.raises(UserError, match="none of the strategies tuned"):
+        load_space_file(space, ["late_fusion"])
+    space.write_text("train.lr: {type: float, low: 1.0e-3, high: 1.0e-2}\n")  # one space for every strategy
+    assert set(load_space_file(space, ["sum", "late_fusion"])) == {"sum", "late_fusion"}
+
+
 def test_a_space_beyond_the_step_budget_is_refused(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("sum:\n  train.max_steps: {type: int, low: 2, high: 60}\n"

@@ -24,7 +24,13 @@ TYPES = ("float", "int", "categorical", "steps")
 
 
 def load_space_file(path: str | Path, strategies: list[str]) -> dict[str, dict[str, Any]]:
-    """``{strategy: space}`` from a YAML/JSON file holding one space, or one per strategy name."""
+    """``{strategy: space}`` from a YAML/JSON file holding one space, or one per strategy name.
+
+    The file is per strategy when every top-level key names a strategy (registered, or one being
+    tuned), so one file can serve tunings of different subsets; a tuned strategy it does not name keeps
+    its declared space, and a file that names none of the tuned strategies is refused."""
+    from avbench.registry import strategies as registered
+
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"--space {path}: no such file")
@@ -34,8 +40,11 @@ def load_space_file(path: str | Path, strategies: list[str]) -> dict[str, dict[s
         raise UserError(f"--space {path}: not valid YAML/JSON ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict) or not data:
         raise UserError(f"--space {path}: expected a mapping of --set keys to search ranges")
-    if set(data) <= set(strategies):
-        return {s: data[s] for s in data}
+    if set(data) <= set(strategies) | set(registered.names()):
+        if not set(data) & set(strategies):
+            raise UserError(f"--space {path}: has spaces for {', '.join(sorted(data))}, none of the strategies "
+                            f"tuned ({', '.join(strategies)})")
+        return {s: data[s] for s in strategies if s in data}
     return {s: data for s in strategies}
 
 
