@@ -11,8 +11,9 @@
 # Sized (2026-12-03) so that the protocol and one fresh replicate fit in about an hour of a 2-core
 # CPU with JOBS=2 (one thread per job; measured 43 min for the protocol, sweeps, analyses and report,
 # then 25 min for the fresh replicate and the report again; the published reports/synth ran
-# FRESH_REPLICATES=3, 28 min more; docs/analysis.md has the commands and the machine): at 16 trials per strategy the transformers' trials took 53-131 s each and the tuning
-# alone was on course for well over an hour, so 6 trials per strategy
+# FRESH_REPLICATES=3, 28 min more; docs/analysis.md has the commands and the machine): at 16 trials
+# per strategy the transformers' trials took 53-131 s each and the tuning alone was on course for
+# well over an hour, so 6 trials per strategy
 # (random search, scored on the continuous validation mAP) on a validation hold-out twice as large
 # (192 of the 960 training clips, so a clip is 0.5 points, not 1), 480 test clips, the card's widths
 # (embed_dim 128), batch 48 (16 steps per epoch on the 768 tuning clips). Deterministic up to the timing columns (and the two plots drawn from them), whatever JOBS:
