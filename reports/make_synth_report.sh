@@ -46,6 +46,7 @@ JOBS="${JOBS:-2}"              # jobs at once on the executor (tuning trials, fi
 BUDGET="${BUDGET:-6}"          # tuning trials per strategy (under 10: random search, TPE starts after 10; see header)
 MAX_STEPS="${MAX_STEPS:-540}"  # per-trial step budget: 30 epochs of the tuning rows
 SELECT="${SELECT:-val_mAP}"    # the trial score (avbench tune --select; docs/tuning-and-sweeps.md says why)
+SAMPLER="${SAMPLER:-tpe}"      # avbench tune --sampler: tpe (random start-up) or sobol (each 1/BUDGET of a range once)
 RUN_LENGTH="${RUN_LENGTH:-searched}"  # avbench tune --run-length: searched (a share of MAX_STEPS) or budget (all of it)
 CONFIRM="${CONFIRM:-0}"        # top trials retrained on 2 fresh seeds before the choice (0: off; each adds 2 trainings)
 REPLICATES="${REPLICATES:-1}"  # whole selections with sampler seeds 0..R-1 (each stored; replicate 0 is used)
@@ -79,7 +80,7 @@ protocol() {
   #    at once, each strategy's one after another, so the result does not depend on JOBS). Every strategy
   #    gets the same flags; the step budget is given explicitly so it is identical whichever strategy's
   #    recipe would set it. --skip-tuned leaves out strategies tuned by an earlier, interrupted run.
-  "${ON_EXECUTOR[@]}" tune --strategy "$STRATEGY_CSV" "${data[@]}" --budget "$BUDGET" --sampler-seed "$sampler_seed" --max-steps "$MAX_STEPS" \
+  "${ON_EXECUTOR[@]}" tune --strategy "$STRATEGY_CSV" "${data[@]}" --budget "$BUDGET" --sampler "$SAMPLER" --sampler-seed "$sampler_seed" --max-steps "$MAX_STEPS" \
     --select "$SELECT" --run-length "$RUN_LENGTH" --confirm "$CONFIRM" --replicates "$REPLICATES" \
     --results-dir "$results" --skip-tuned --no-progress -q "${EXECUTOR[@]}" \
     || echo "tuning failed for some strategies (listed above and in the report's missing pieces)"

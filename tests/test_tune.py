@@ -76,6 +76,27 @@ def test_run_length_budget_trains_every_trial_the_whole_budget(tmp_path, monkeyp
         tune.tune(_req(tmp_path, run_length="whole"))
 
 
+def test_sobol_sampler_tries_each_quarter_of_the_range_and_says_so(tmp_path, monkeypatch):
+    """--sampler sobol, budget 4: one learning rate in each quarter of the declared (log) range; the
+    tuned file, the summary and the tuning parent say which sampler proposed the trials."""
+    import math
+
+    from avbench.executor import options
+    from avbench.tracking import Tracker
+
+    monkeypatch.setattr(options, "make", lambda req: InProcessExecutor())
+    out = tune.tune(_req(tmp_path, strategies=["sum"], budget=4, sampler="sobol"))
+    res = out["strategies"]["sum"]
+    low, high = res["space"]["train.lr"]["low"], res["space"]["train.lr"]["high"]
+    quarters = sorted(int(4 * math.log(t["params"]["train.lr"] / low) / math.log(high / low)) for t in res["trials"])
+    assert quarters == [0, 1, 2, 3]
+    assert res["budget"]["sampler"] == "sobol" and out["budget"]["sampler"].startswith("scrambled Sobol' seed 0")
+    parent = Tracker(str(tmp_path / "r")).client.get_run(res["tuning_parent_run"])
+    assert parent.data.params["sampler"] == "sobol"
+    with pytest.raises(UserError, match="--sampler grid: one of tpe, sobol"):
+        tune.tune(_req(tmp_path, sampler="grid"))
+
+
 def test_cv_scores_every_trial_on_every_fold_and_records_the_folds(tmp_path, monkeypatch):
     import numpy as np
 

@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     seeds.add_argument("--seeds", help="training seeds of every trial; its score is their mean (default 0)")
     seeds.add_argument("--trial-seeds", type=int, metavar="K", help="every trial trains seeds 0..K-1; its score "
                                                                     "is their mean, their spread its noise")
-    from avbench.tune.select import DEFAULT_SELECT, RUN_LENGTHS, SELECT
+    from avbench.tune.select import DEFAULT_SELECT, RUN_LENGTHS, SAMPLERS, SELECT
 
     p.add_argument("--select", default=DEFAULT_SELECT, choices=list(SELECT),
                    help=f"the trial score: validation mAP, loss (lower is better) or accuracy (default "
@@ -53,8 +53,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "the whole budget (docs/tuning-and-sweeps.md says when to prefer it)")
     p.add_argument("--max-steps", type=int, metavar="S",
                    help="training steps per trial at most (default: the recipe's epochs over the training rows)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="tpe",
+                   help="tpe: Optuna's TPE (random start-up until its 10th trial); sobol: trial n is point n of a "
+                        "scrambled Sobol' sequence, which tries every 1/B of each range once in B = 2^m trials "
+                        "(docs/tuning-and-sweeps.md says when to prefer it)")
     p.add_argument("--sampler-seed", type=int, default=0,
-                   help="TPE sampler seed (default 0); each strategy's own stream is derived from it and its name")
+                   help="sampler seed (default 0); each strategy's own stream is derived from it and its name")
     p.add_argument("--prune", action="store_true",
                    help="median pruning on the validation curve (in this process: not with --jobs > 1 or ray)")
     p.add_argument("--skip-tuned", action="store_true",
@@ -89,7 +93,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         strategies=[s.strip() for s in args.strategy.split(",") if s.strip()], dataset=args.dataset,
         cache=args.cache, budget=args.budget, seeds=seeds, space_file=args.space, select=args.select,
         confirm=args.confirm, confirm_seeds=args.confirm_seeds, replicates=args.replicates, cv=args.cv,
-        run_length=args.run_length,
+        run_length=args.run_length, sampler=args.sampler,
         overrides=cfgmod.parse_pairs(args.overrides), max_steps=args.max_steps, sampler_seed=args.sampler_seed,
         prune=args.prune, results_dir=args.results_dir, cache_root=args.cache_root, device=args.device,
         progress=not args.no_progress, skip_tuned=args.skip_tuned, **options.from_args(args))

@@ -4,9 +4,10 @@ A comparison is fair only if every strategy gets the same chance: the UAVM paper
 hyper-parameters to ensure a fair comparison", and a harness must make that tuning equal and
 automatic. So every strategy named in one ``avbench tune`` gets
 
-* the same number of trials (``--budget``) of a seeded Optuna TPE sampler; each strategy's sampler
-  seed is derived from ``--sampler-seed`` and the strategy's name (a stable hash), so strategies do not
-  share their random start-up trials, and a rerun draws the same ones,
+* the same number of trials (``--budget``) of a seeded Optuna TPE sampler, or (``--sampler sobol``)
+  of a scrambled Sobol' net that covers each parameter's range evenly (avbench/tune/sobol.py); each
+  strategy's sampler seed is derived from ``--sampler-seed`` and the strategy's name (a stable hash),
+  so strategies do not share their random start-up trials, and a rerun draws the same ones,
 * the same score (``--select``: validation mAP by default, or loss or accuracy; avbench/tune/select.py),
   averaged over the same trial seeds (``--trial-seeds K``), and the same confirmation stage
   (``--confirm N``: the top N trials retrained on fresh seeds, the choice made on those),
@@ -41,14 +42,17 @@ cannot do, so pruned tuning runs in this process, one trial at a time.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 from avbench.errors import UserError
 from avbench.resolve import resolve, split_overrides
 from avbench.tune import executor, store
-from avbench.tune.select import RUN_LENGTHS, check_select
+from avbench.tune.select import RUN_LENGTHS, SAMPLER_NAMES, SAMPLERS, check_select, is_balanced
 from avbench.tune.space import FIXED, STEPS_KEY, distributions, load_space_file, step_cap
 from avbench.tune.study import TuneRequest, confirm_seeds, run_request, tune_one
+
+log = logging.getLogger(__name__)
 
 
 def check_request(req: TuneRequest) -> None:
@@ -66,6 +70,11 @@ def check_request(req: TuneRequest) -> None:
         raise UserError("--replicates must be at least 1")
     if req.cv == 1 or req.cv < 0:
         raise UserError(f"--cv {req.cv}: cross-validation needs at least 2 folds (0: the validation hold-out)")
+    if req.sampler not in SAMPLERS:
+        raise UserError(f"--sampler {req.sampler}: one of {', '.join(SAMPLERS)}")
+    if req.sampler == "sobol" and not is_balanced(req.budget):
+        log.warning("--sampler sobol with --budget %d: Sobol' points cover each parameter's range evenly "
+                    "only in groups of a power of two (4, 8, 16, ...)", req.budget)
     if req.run_length not in RUN_LENGTHS:
         raise UserError(f"--run-length {req.run_length}: one of {', '.join(RUN_LENGTHS)}")
     if req.prune and (req.executor != "local" or (req.jobs or 1) > 1):
@@ -99,7 +108,8 @@ def tune(req: TuneRequest) -> dict[str, Any]:
             split_overrides({key: "0"}, {f.name for f in dataclasses.fields(r.strategy_cls.Config)},
                             {f.name for f in dataclasses.fields(type(r.recipe))}, set())
     out: dict[str, Any] = {"budget": {"trials": req.budget, "max_steps_per_trial": cap, "seeds": req.seeds,
-                                      "sampler": f"TPE seed {req.sampler_seed} (one stream per strategy)",
+                                      "sampler": f"{SAMPLER_NAMES[req.sampler]} seed {req.sampler_seed} "
+                                                 f"(one stream per strategy)",
                                       "pruning": req.prune, "select": req.select, "cv_folds": req.cv,
                                       "run_length": req.run_length,
                                       "confirm": {"trials": req.confirm,

@@ -19,6 +19,8 @@ training anything. A trial record carries, per training seed, the validation acc
   or a difference within twice the combined standard error. The summary says so instead of
   pretending that trial order settled it.
 * ``capped``: chosen values at the top of their range (the search wanted more than it was allowed).
+* ``SAMPLERS``: how trials are proposed: TPE, or a scrambled Sobol' net that covers the space
+  evenly for small budgets (avbench/tune/sobol.py says why).
 * ``RUN_LENGTHS``: whether the run length is one of the choices (``searched``) or the whole step
   budget for every trial (``budget``; the driver takes it out of the space).
 """
@@ -36,6 +38,8 @@ DEFAULT_SELECT = "val_mAP"  # measured: benchmarks/tune_selection.py, docs/tunin
 NOISE_Z = 2.0  # two standard errors of the difference: "cannot be told apart"
 TOP_SHARE = 0.05  # a chosen value in the top 5% of its range (log scale if searched so) is "capped"
 RUN_LENGTHS = ("searched", "budget")  # --run-length: train.max_steps among the choices, or the whole budget
+SAMPLER_NAMES = {"tpe": "TPE", "sobol": "scrambled Sobol'"}  # --sampler: TPE (random until its 10th trial), or sobol.py
+SAMPLERS = tuple(SAMPLER_NAMES)
 
 
 def stable_seed(*parts: Any) -> int:
@@ -53,6 +57,11 @@ def trial_sampler_seed(strategy_seed_: int, number: int) -> int:
     """The sampler seed of trial ``number``: a function of the history's length, not of a sampler's
     hidden state, so a resumed study suggests exactly what the uninterrupted one would have."""
     return stable_seed("trial", strategy_seed_, number)
+
+
+def is_balanced(budget: int) -> bool:
+    """Sobol' points are stratified in every parameter only in groups of a power of two."""
+    return budget >= 1 and budget & (budget - 1) == 0
 
 
 def validation_scores(logits: Any, labels: Any, multilabel: bool) -> dict[str, float]:

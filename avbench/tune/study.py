@@ -16,8 +16,9 @@ executor job (``trial_job``, avbench/tune/executor.py).
 The study lives in an Optuna journal file next to the results (``<results>/optuna.journal``), named
 ``<strategy>-<group>``, so ``optuna-dashboard`` and ``optuna.visualization`` open it and a rerun
 continues it (``load_if_exists``). Each trial's sampler is seeded from the strategy's own seed stream
-and the trial's number (``select.trial_sampler_seed``): what a resumed study suggests depends only on
-its stored history, never on a sampler's in-memory state. Each trial's record (all seeds' scores) is a
+and the trial's number (``select.trial_sampler_seed``; with ``--sampler sobol`` the trial's number is
+its point of the strategy's sequence): what a resumed study suggests depends only on its stored
+history, never on a sampler's in-memory state. Each trial's record (all seeds' scores) is a
 study user attribute ``record.<n>``, each confirmation's ``confirm.<n>``.
 """
 
@@ -79,6 +80,7 @@ class TuneRequest:
     replicates: int = 1  # the whole selection R times, sampler seeds sampler_seed + 0 .. R-1
     replicate: int = 0  # which replicate this request runs (set by the driver)
     run_length: str = "searched"  # "budget": train.max_steps is not searched, every trial trains the whole budget
+    sampler: str = "tpe"  # "sobol": trial n is point n of the strategy's scrambled Sobol' sequence (tune/sobol.py)
     cv: int = 0  # K >= 2: every trial trains once per stratified fold of the training split (0: the hold-out)
 
 
@@ -232,7 +234,9 @@ def tuning_group(req: TuneRequest, strategy: str, r0: Resolved, overrides: dict[
                               overrides, {"budget": req.budget, "cap": cap, "seeds": req.seeds,
                                           "sampler": req.sampler_seed, "prune": req.prune, "select": req.select,
                                           "confirm": req.confirm, "confirm_seeds": req.confirm_seeds,
-                                          **({"cv": req.cv} if req.cv else {})})  # earlier groups unchanged
+                                          **({"cv": req.cv} if req.cv else {}),
+                                          **({"sampler_kind": req.sampler} if req.sampler != "tpe" else {})})
+    # (keys only when not the default, so earlier tunings keep their groups)
 
 
 def full_params(r: Resolved) -> dict[str, Any]:
@@ -266,7 +270,7 @@ def tuning_parent(req: TuneRequest, strategy: str, r0: Resolved, tracker: Tracke
                                  "sampler_seed": req.sampler_seed, "strategy_sampler_seed": sseed,
                                  "replicate": req.replicate, "select": req.select, "confirm_trials": req.confirm,
                                  "confirm_seeds": confirm_seeds(req) if req.confirm else [], "pruning": req.prune,
-                                 "cv_folds": req.cv, "run_length": req.run_length,
+                                 "cv_folds": req.cv, "run_length": req.run_length, "sampler": req.sampler,
                                  "study": f"{study_storage_path(req.results_dir)}::{r0.strategy_cls.name}-{group}",
                                  **{f"fixed.{k}": v for k, v in overrides.items()}},
                                 {TAG_KIND: "tune", TAG_STRATEGY: r0.strategy_cls.name,
@@ -307,17 +311,26 @@ def new_study(req: TuneRequest, strategy: str, group: str) -> Any:
     return study
 
 
-def ask(study: Any, req: TuneRequest, strategy: str, dists: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """The next trial and its suggested parameters, its TPE sampler seeded by the strategy's stream and
-    the trial's number. Asking and every suggestion write the journal, so Ctrl-C waits for all of them
-    (an interrupt inside a journal write leaves its lock file behind and ends the run with a
-    FileNotFoundError instead of exit 130)."""
+def trial_sampler(req: TuneRequest, strategy: str, dists: Mapping[str, Any], number: int) -> Any:
+    """The sampler that proposes trial ``number``: TPE seeded by the strategy's stream and the trial's
+    number, or (``--sampler sobol``) the strategy's Sobol' sequence, whose point ``number`` it is."""
+    sseed = sel.strategy_seed(req.sampler_seed, strategy)
+    if req.sampler == "sobol":
+        from avbench.tune.sobol import SobolSampler
+
+        return SobolSampler(dists, sseed)
     import optuna
 
+    return optuna.samplers.TPESampler(seed=sel.trial_sampler_seed(sseed, number))
+
+
+def ask(study: Any, req: TuneRequest, strategy: str, dists: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The next trial and its suggested parameters (``trial_sampler``). Asking and every suggestion
+    write the journal, so Ctrl-C waits for all of them
+    (an interrupt inside a journal write leaves its lock file behind and ends the run with a
+    FileNotFoundError instead of exit 130)."""
     with signals_deferred():
-        number = len(study.get_trials(deepcopy=False))
-        study.sampler = optuna.samplers.TPESampler(
-            seed=sel.trial_sampler_seed(sel.strategy_seed(req.sampler_seed, strategy), number))
+        study.sampler = trial_sampler(req, strategy, dists, len(study.get_trials(deepcopy=False)))
         trial = study.ask()
         return trial, suggest(trial, dists)
 
@@ -374,6 +387,7 @@ def conclude(req: TuneRequest, r0: Resolved, study: Any, trials: list[dict[str, 
               "budget": {"trials": req.budget, "max_steps_per_trial": cap,
                          "steps_trained": int(sum(t.get("steps", 0) for t in trials + confirmed)),
                          "finished": len(trials), "seeds": req.seeds, "run_length": req.run_length,
+                         "sampler": req.sampler,
                          "confirm": {"trials": req.confirm, "seeds": confirm_seeds(req) if req.confirm else []}},
               "replicate": req.replicate, "sampler_seed": req.sampler_seed,
               "strategy_sampler_seed": sel.strategy_seed(req.sampler_seed, r0.strategy_cls.name),
