@@ -2,11 +2,11 @@
 
 Why: with a handful of trials, independent random draws can leave out the range where a strategy
 learns at all. In issue 23's second replicate, cross_attention's and uavm's six TPE start-up trials
-(TPE draws at random until its tenth trial) missed the working learning rates, and the two rows fell
-12-18 points, which alone held the ranking's expected tau at 0.67. The first 2^m points of a
-scrambled Sobol' sequence put exactly one point in each 1/2^m of every parameter's range (of its
-logarithm where the range is searched on a log scale), so a budget of 8 tries each eighth of the
-learning-rate range once, whatever the seed. The seed (the strategy's own stream,
+(TPE draws at random until its tenth trial) missed the working learning rates: the two rows fell
+12 and 18 points, and their spreads across replicates were the largest of the fused column. The
+first 2^m points of a scrambled Sobol' sequence put exactly one point in each 1/2^m of every
+parameter's range (of its logarithm where the range is searched on a log scale), so a budget of 8
+tries each eighth of the learning-rate range once, whatever the seed. The seed (the strategy's own stream,
 ``select.strategy_seed``) moves the points within their strata: that is the tuning's randomness,
 which ``--replicates`` and the report's Replication section still measure.
 
