@@ -382,6 +382,8 @@ def test_a_tuned_row_says_its_budget_score_and_rounded_values():
     chosen = {**tuned, "select": "val_loss", "score": -0.5123, "params": {"train.lr": 0.0012345678901234}}
     assert tuned_summary(chosen) == "tuned: 20 trials, chosen on val_loss 0.512 (validation fusion/acc 81.2%)"
     assert tuned_values(chosen) == "lr=0.00123"  # the searched values, not the fixed --set ones
+    sobol = {**chosen, "budget": {"trials": 8, "sampler": "sobol"}}
+    assert tuned_summary(sobol) == "tuned: 8 Sobol' trials, chosen on val_loss 0.512 (validation fusion/acc 81.2%)"
     assert configured(None, None, {}, "default") == "defaults"
     assert configured(None, None, {}, "cmg") == "defaults; recipe cmg"
     assert [round_value(v) for v in ("10", "10.0", "0.4", "5e-07", "True", "continuous,instant")] == \

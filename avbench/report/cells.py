@@ -95,14 +95,16 @@ def short_key(key: str) -> str:
 
 
 def tuned_summary(tuned: dict | None) -> str:
-    """``tuned: 20 trials, best validation fusion/acc 81.2%`` from avbench tune's stored result."""
+    """``tuned: 20 trials, best validation fusion/acc 81.2%`` from avbench tune's stored result
+    (``8 Sobol' trials`` when ``--sampler sobol`` proposed them)."""
     if not tuned:
         return ""
     if "missing" in tuned:
         return "tuned (its tuned file is gone)"
-    trials = (tuned.get("budget") or {}).get("trials")
+    budget = tuned.get("budget") or {}
+    trials, kind = budget.get("trials"), (" Sobol'" if budget.get("sampler") == "sobol" else "")
     metric, value = tuned.get("metric", ""), tuned.get("value")
-    text = "tuned" + (f": {trials} trial{'s' if trials != 1 else ''}" if trials is not None else "")
+    text = "tuned" + (f": {trials}{kind} trial{'s' if trials != 1 else ''}" if trials is not None else "")
     shown = ""
     if isinstance(value, (int, float)) and math.isfinite(value):
         info = results.metric_info(metric)
