@@ -1,26 +1,28 @@
 #!/usr/bin/env bash
 # Regenerate reports/synth/ under the fair protocol (README "A fair comparison protocol"):
 #   1. tune every built-in strategy with the same budget on the validation split (avbench tune: the
-#      same number of TPE trials, the same sampler seed, the same per-trial step budget; the test
-#      split is never read),
+#      same number of scrambled Sobol' trials, the same sampler seed, every trial the same 540 steps;
+#      the test split is never read),
 #   2. train each tuned configuration on the whole training split with 3 seeds and test it,
 #   3. the UAVM S_dim and N_s sweeps (Fig. 2 shape) at the tuned UAVM configuration,
 #   4. the representation analyses (Figs. 3-5), robustness and event types, then the report
 #      (report.md + figures/ + self-contained report.html).
 #
-# Sized (2026-12-03) so that the protocol and one fresh replicate fit in about an hour of a 2-core
-# CPU with JOBS=2 (one thread per job; measured 43 min for the protocol, sweeps, analyses and report,
-# then 25 min for the fresh replicate and the report again; the published reports/synth ran
-# FRESH_REPLICATES=3, 28 min more; docs/analysis.md has the commands and the machine): at 16 trials
-# per strategy the transformers' trials took 53-131 s each and the tuning alone was on course for
-# well over an hour, so 6 trials per strategy
-# (random search, scored on the continuous validation mAP) on a validation hold-out twice as large
-# (192 of the 960 training clips, so a clip is 0.5 points, not 1), 480 test clips, the card's widths
-# (embed_dim 128), batch 48 (16 steps per epoch on the 768 tuning clips). Deterministic up to the timing columns (and the two plots drawn from them), whatever JOBS:
-# every training is a job of one thread on the executor (README "Many trainings at once"), and each
-# strategy's tuning trials run one after another. The script resumes: a strategy with a stored tuned
-# configuration is not tuned again (--skip-tuned), finished seeds and recorded analyses are skipped;
-# delete $RESULTS to start from scratch.
+# Sized (2026-12-04) so that the ranking replicates within about an hour per replicate of a 2-core
+# CPU with JOBS=2 (one thread per job): 8 trials per strategy from a scrambled Sobol' net
+# (--sampler sobol: each eighth of the lr and weight-decay ranges tried once; six random trials
+# had missed the transformers' working learning rates), every trial and final run training the
+# whole 540-step budget (--run-length budget: a searched run length had chosen under-trained
+# configurations), scored on the continuous validation mAP, on a validation hold-out of 192 of the
+# 960 training clips (a clip is 0.5 points), 480 test clips, the card's widths (embed_dim 128),
+# batch 48. Measured: steps 1-2 took 44 min for R0 and 43 min for the fresh replicate, and the
+# fused ranking's Kendall tau between them was 0.96 (docs/analysis.md has the commands, the machine
+# and the earlier settings: TPE, 6 trials, searched run length, tau 0.35-0.60). Deterministic up to
+# the timing columns (and the two plots drawn from them), whatever JOBS: every training is a job
+# of one thread on the executor (README "Many trainings at once"), and each strategy's tuning
+# trials run one after another. The script resumes: a strategy with a stored tuned configuration
+# is not tuned again (--skip-tuned), finished seeds and recorded analyses are skipped; delete
+# $RESULTS to start from scratch.
 #
 # Replication (docs/reports.md "Replication"): SAMPLER_REPLICATES=R also runs steps 1-2 with tuning
 # sampler seeds SAMPLER_SEED+1 .. SAMPLER_SEED+R-1 on the same data, each into $RESULTS-sampler<r>;
@@ -33,6 +35,7 @@
 #
 #   reports/make_synth_report.sh                      # results in results/synth-report (+ -fresh1)
 #   RESULTS=/tmp/r OUT=/tmp/report JOBS=2 BUDGET=16 MAX_STEPS=540 reports/make_synth_report.sh
+#   SAMPLER=tpe BUDGET=6 RUN_LENGTH=searched reports/make_synth_report.sh   # the settings before 2026-12-04
 #   SAMPLER_REPLICATES=2 DATA_REPLICATES=2 reports/make_synth_report.sh   # + one sampler and one data replicate
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,11 +46,11 @@ RESULTS="${RESULTS:-results/synth-report}"
 OUT="${OUT:-reports/synth}"
 SEEDS="${SEEDS:-0,1,2}"
 JOBS="${JOBS:-2}"              # jobs at once on the executor (tuning trials, final runs, sweep points)
-BUDGET="${BUDGET:-6}"          # tuning trials per strategy (under 10: random search, TPE starts after 10; see header)
+BUDGET="${BUDGET:-8}"          # tuning trials per strategy (a power of two for SAMPLER=sobol; see header)
 MAX_STEPS="${MAX_STEPS:-540}"  # per-trial step budget: 30 epochs of the tuning rows
 SELECT="${SELECT:-val_mAP}"    # the trial score (avbench tune --select; docs/tuning-and-sweeps.md says why)
-SAMPLER="${SAMPLER:-tpe}"      # avbench tune --sampler: tpe (random start-up) or sobol (each 1/BUDGET of a range once)
-RUN_LENGTH="${RUN_LENGTH:-searched}"  # avbench tune --run-length: searched (a share of MAX_STEPS) or budget (all of it)
+SAMPLER="${SAMPLER:-sobol}"    # avbench tune --sampler: sobol (each 1/BUDGET of a range once) or tpe (random start-up)
+RUN_LENGTH="${RUN_LENGTH:-budget}"  # avbench tune --run-length: searched (a share of MAX_STEPS) or budget (all of it)
 CONFIRM="${CONFIRM:-0}"        # top trials retrained on 2 fresh seeds before the choice (0: off; each adds 2 trainings)
 REPLICATES="${REPLICATES:-1}"  # whole selections with sampler seeds 0..R-1 (each stored; replicate 0 is used)
 SAMPLER_SEED="${SAMPLER_SEED:-0}"            # the tuning sampler seed of $RESULTS (replicate R0)
