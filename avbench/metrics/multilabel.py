@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-from sklearn.metrics import f1_score
 
 AVERAGES = ("samples", "micro", "macro")
 
@@ -75,6 +74,8 @@ def set_f1(pred: Any, labels: Any, average: str = "samples") -> float:
     y = _np(labels) > 0
     if p.shape != y.shape:
         raise ValueError(f"prediction {p.shape} and labels {y.shape} differ in shape")
+    from sklearn.metrics import f1_score  # here, not at import: only strategies with heads use it (issue 27)
+
     return float(f1_score(y, p, average=average, zero_division=0))
 
 
