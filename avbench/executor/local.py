@@ -22,6 +22,7 @@ after its current job).
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
@@ -305,6 +306,8 @@ def _worker_main(resources: Resources, conn: Any, driver_pid: int, jobs_per_work
             state.restore()  # while the driver reads the outcome and picks the next job
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
         return
+    finally:
+        gc.freeze()  # the worker's exit skips collecting what torch and MLflow made (as avbench.cli.entry)
 
 
 def _preload() -> None:
