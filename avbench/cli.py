@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     """The console script and ``python -m avbench``: ``main``, then exit with the garbage collector's
     objects frozen (``gc.freeze``). Without it the interpreter's teardown collects every object torch,
-    dynamo and MLflow made, 1.3-1.8 s after a run's result is printed on a 2-core machine (issue 27).
+    dynamo and MLflow made: 1.7-2.3 s after a run's result was printed, on a quiet 2-core machine (issue 27).
     Exit handlers, thread joins and stream flushes run as usual; only the last collections skip them."""
     rc = main()
     gc.freeze()
