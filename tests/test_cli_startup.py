@@ -32,11 +32,15 @@ print(json.dumps({"rc": rc, "out": out.getvalue(), "heavy": [m for m in json.loa
 """
 
 
-def _probe(argv: list[str] | None) -> dict:
-    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argv), json.dumps(HEAVY)],
-                          capture_output=True, text=True, timeout=300)
+def _fresh(code: str, *args: str) -> dict:
+    """Run ``code`` in a fresh interpreter; its last stdout line, as JSON."""
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _probe(argv: list[str] | None) -> dict:
+    return _fresh(PROBE, json.dumps(argv), json.dumps(HEAVY))
 
 
 @pytest.mark.parametrize("argv", [None, ["--help"], ["--version"], ["list"], ["list", "strategies"],
@@ -80,10 +84,7 @@ print(json.dumps({"one": one["n"], "heavy": [m for m in ("sklearn", "scipy.stats
 def test_the_run_path_imports_neither_sklearn_nor_scipy_stats():
     """A run with one seed needs neither: scikit-learn (the heads' F1) and scipy.stats (the t-interval
     over seeds) are imported where they are used, which took a second off every run's start-up."""
-    proc = subprocess.run([sys.executable, "-c", RUN_PATH], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert res == {"one": 1, "heavy": []}
+    assert _fresh(RUN_PATH) == {"one": 1, "heavy": []}
 
 
 def test_the_entry_point_exits_with_the_collector_frozen(monkeypatch, capsys):
